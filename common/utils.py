@@ -1,0 +1,148 @@
+"""Paths, seeding, device selection, CLI helpers and the atomic results writer."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REPORT_DIR = REPO_ROOT / "report"
+RUNS_DIR = REPO_ROOT / "runs"  # checkpoints; git-ignored
+
+
+# ----------------------------------------------------------------------------- seeding / device
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return a CPU generator for shuffling.
+
+    Batches are drawn from this explicit generator, so the data order does not depend on how
+    many random numbers model initialisation consumed.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    # warn_only: a few CUDA kernels have no deterministic version; on CPU everything used here does.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return torch.Generator().manual_seed(seed)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; an explicit name is honoured (and checked)."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda requested but CUDA is not available")
+    return torch.device(name)
+
+
+# ----------------------------------------------------------------------------- CLI
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def add_common_args(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, lr: float,
+                    seed: int = 0) -> argparse.ArgumentParser:
+    """Arguments every experiment script shares, with the script's own defaults."""
+    g = parser.add_argument_group("common")
+    g.add_argument("--epochs", type=positive_int, default=epochs, help=f"training epochs (default {epochs})")
+    g.add_argument("--batch-size", type=positive_int, default=batch_size,
+                   help=f"mini-batch size (default {batch_size})")
+    g.add_argument("--lr", type=positive_float, default=lr, help=f"peak learning rate (default {lr})")
+    g.add_argument("--seed", type=int, default=seed, help=f"random seed (default {seed})")
+    g.add_argument("--data-dir", default=os.environ.get("DATA_DIR", "./data"),
+                   help="dataset root (default: $DATA_DIR, else ./data); downloads there when online")
+    g.add_argument("--out-dir", type=Path, default=None,
+                   help="where figures/ and results/ go (default: report/, or a temp dir with --smoke)")
+    g.add_argument("--runs-dir", type=Path, default=None,
+                   help="checkpoint folder (default: runs/, or <out-dir>/runs with --smoke)")
+    g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --runs-dir")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="compute device (default: auto = cuda > mps > cpu)")
+    g.add_argument("--smoke", action="store_true",
+                   help="tiny data slice and 1-2 epochs, written to a temp dir: checks the script runs")
+    return parser
+
+
+def resolve_output_dirs(args: argparse.Namespace) -> tuple[Path, Path, Path]:
+    """(figures_dir, results_dir, runs_dir). --smoke never writes over the committed report/."""
+    out = args.out_dir
+    if out is None:
+        out = Path(tempfile.mkdtemp(prefix="smoke_")) if args.smoke else REPORT_DIR
+    runs = args.runs_dir if args.runs_dir is not None else (out / "runs" if args.smoke else RUNS_DIR)
+    fig, res = out / "figures", out / "results"
+    for d in (fig, res, runs):
+        d.mkdir(parents=True, exist_ok=True)
+    return fig, res, runs
+
+
+# ----------------------------------------------------------------------------- results
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        try:
+            return str(obj.resolve().relative_to(REPO_ROOT))
+        except ValueError:
+            return str(obj)
+    if isinstance(obj, torch.Tensor):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.generic,)):
+        return obj.item()
+    if isinstance(obj, float):
+        return round(obj, 6)  # 6 decimals: enough for every metric, keeps diffs readable
+    return obj
+
+
+def write_json_atomic(path: Path, obj) -> Path:
+    """Write JSON via a temp file + os.replace, so a crash never leaves a half-written result."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_jsonable(obj), f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def run_config(args: argparse.Namespace) -> dict:
+    """The argparse namespace as a JSON-friendly dict (paths relative to the repo)."""
+    return _jsonable(vars(args))
+
+
+def mean_std(values) -> dict:
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    std = t.std(unbiased=True).item() if len(t) > 1 else 0.0
+    return {"mean": t.mean().item(), "std": std, "values": t.tolist()}

@@ -1,0 +1,94 @@
+"""Exercise 2: the ex1 encoder + a two-layer MLP head as an MNIST classifier (cross-entropy).
+
+The encoder is the conv+FC Encoder of ex1 (same layers, d = 12 latent), followed by
+MLP 12 -> 64 -> 10. For comparison the same loop trains three course baselines:
+  lab2_cnn  - MIT 6.S191 Lab 2 CNN (conv24 -> pool -> conv36 -> pool -> FC128 -> FC10)
+  lab_mlp   - LAB01 MLP 784-64-64-10
+  skip_mlp  - LAB01 MLP with residual (skip) blocks
+
+    python ex2_classifier.py            # full run: report/figures/ex2_*.png, report/results/ex2.json
+    python ex2_classifier.py --smoke    # seconds, into a temp dir
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from common.data import DataUnavailableError, load_mnist, random_affine, smoke_slice
+from common.models import Classifier, Lab2CNN, LabMLP, SkipMLP, count_parameters
+from common.plots import plot_curves
+from common.train import CheckpointMismatchError, fit
+from common.utils import (add_common_args, pick_device, positive_int, resolve_output_dirs, run_config,
+                          seed_everything, write_json_atomic)
+
+BASELINES = {"lab2_cnn": Lab2CNN, "lab_mlp": LabMLP, "skip_mlp": SkipMLP}
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, epochs=15, batch_size=128, lr=3e-3)
+    p.add_argument("--latent-dim", type=positive_int, default=12, help="encoder output size d (default 12)")
+    p.add_argument("--channels", type=positive_int, nargs="+", default=[32, 64, 128],
+                   help="encoder conv channels, as in ex1 (default 32 64 128)")
+    p.add_argument("--hidden", type=positive_int, default=64, help="MLP hidden units (default 64)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="random shifts (<=2 px) and rotations (<=10 deg) of training digits (default on)")
+    p.add_argument("--baselines", nargs="*", choices=list(BASELINES), default=list(BASELINES),
+                   help="baseline networks to train too (default: all; pass none to skip)")
+    p.add_argument("--baseline-epochs", type=positive_int, default=None,
+                   help="epochs for the baselines (default: same as --epochs)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = get_args(argv)
+    fig_dir, res_dir, runs_dir = resolve_output_dirs(args)
+    device = pick_device(args.device)
+    t_start = time.perf_counter()
+
+    train, test = load_mnist(args.data_dir, train=True), load_mnist(args.data_dir, train=False)
+    if args.smoke:
+        train, test, args.epochs, args.baseline_epochs = smoke_slice(train, 1024), smoke_slice(test, 256), 1, 1
+    augment = random_affine if args.augment else None
+    print(f"ex2: {len(train)} train / {len(test)} test images, device={device}, augment={args.augment}")
+
+    def train_one(name, model, epochs, ckpt):
+        gen = seed_everything(args.seed)
+        model = model.to(device)
+        hist = fit(model, train, test, epochs=epochs, lr=args.lr, batch_size=args.batch_size, gen=gen,
+                   device=device, augment=augment, ckpt_path=runs_dir / ckpt, resume=args.resume,
+                   desc=f"ex2 {name}")
+        return {"test_acc": hist[-1]["test_acc"], "test_loss": hist[-1]["test_loss"],
+                "params": count_parameters(model), "history": hist}
+
+    seed_everything(args.seed)  # same init for the main model whatever else ran before
+    main_model = Classifier(args.latent_dim, args.channels, fc=True, hidden=args.hidden)
+    ours = train_one("encoder+MLP", main_model, args.epochs, "ex2_classifier.pt")
+    results = {"name": "ex2", "config": run_config(args), "seed": args.seed, **ours, "baselines": {}}
+    for name in args.baselines:
+        seed_everything(args.seed)
+        results["baselines"][name] = train_one(name, BASELINES[name](), args.baseline_epochs or args.epochs,
+                                               f"ex2_{name}.pt")
+
+    plot_curves({"encoder+MLP": ours["history"]}, fig_dir / "ex2_curves.png",
+                f"ex2 classifier (encoder d={args.latent_dim} + MLP): loss and accuracy per epoch", logy_loss=True)
+    if args.baselines:
+        plot_curves({"encoder+MLP": ours["history"], **{n: b["history"] for n, b in results["baselines"].items()}},
+                    fig_dir / "ex2_baselines.png", "ex2: our classifier vs course baselines (same loop)",
+                    logy_loss=True)
+
+    results["wall_time_s"] = time.perf_counter() - t_start
+    path = write_json_atomic(res_dir / "ex2.json", results)
+    print("\n model        | test acc | params")
+    for name, r in [("encoder+MLP", ours), *results["baselines"].items()]:
+        print(f" {name:12s} | {100 * r['test_acc']:.2f}%  | {r['params']:,}")
+    print(f"wrote {path} and figures in {fig_dir} ({results['wall_time_s']:.0f} s)")
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (DataUnavailableError, CheckpointMismatchError) as e:
+        sys.exit(f"error: {e}")

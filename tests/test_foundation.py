@@ -1,0 +1,250 @@
+"""Unit tests of common/: models, loss, data, training loop, checkpoints, CLI."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from common.data import (DataUnavailableError, TensorData, first_n_subset, index_batches, load_mnist,
+                         random_affine)
+from common.models import (AutoEncoder, Classifier, Decoder, Encoder, Lab2CNN, LabMLP, SkipMLP,
+                           convT_output_padding)
+from common.train import CheckpointMismatchError, fit, load_checkpoint, mean_l1, save_checkpoint
+from common.utils import seed_everything, write_json_atomic
+from conftest import DATA_DIR, REPO, load_result, needs_mnist, run_script
+
+
+# ----------------------------------------------------------------------------- models
+@pytest.mark.parametrize("fc", [False, True])
+def test_autoencoder_shapes_and_latent_size(fc):
+    ae = AutoEncoder(latent_dim=12, fc=fc)
+    x = torch.rand(5, 1, 28, 28)
+    z = ae.encoder(x)
+    assert z.shape == (5, 12)
+    assert ae.decoder(z).shape == x.shape
+    out = ae(x)
+    assert out.min() >= 0 and out.max() <= 1  # sigmoid output, pixels live in [0, 1]
+    if not fc:  # conv-only: the conv stack itself ends in exactly 12 numbers, no Linear anywhere
+        assert not any(isinstance(m, torch.nn.Linear) for m in ae.encoder.modules())
+        assert ae.encoder.head[0](ae.encoder.features(x)).shape == (5, 3, 2, 2)
+
+
+def test_conv_only_latent_must_tile_the_last_map():
+    with pytest.raises(ValueError, match="multiple of 2x2"):
+        Encoder(latent_dim=10, fc=False)
+
+
+def test_output_padding_lands_on_encoder_sizes():
+    assert convT_output_padding(4, 7, 3, 2, 1) == 0
+    assert convT_output_padding(7, 14, 3, 2, 1) == 1
+    with pytest.raises(ValueError):
+        convT_output_padding(4, 12, 3, 2, 1)
+    # other input sizes and depths also round-trip (sizes are computed, not hard-coded)
+    for shape, ch in [((1, 32, 32), (8, 16)), ((3, 20, 20), (8, 16, 32))]:
+        x = torch.rand(2, *shape)
+        assert Decoder(6, ch, True, shape)(Encoder(6, ch, True, shape)(x)).shape == x.shape
+
+
+def test_classifier_and_baselines_output_logits():
+    x = torch.rand(4, 1, 28, 28)
+    for model in [Classifier(), Lab2CNN(), LabMLP(), SkipMLP()]:
+        assert model(x).shape == (4, 10)
+    assert Classifier().encoder(x).shape == (4, 12)
+
+
+# ----------------------------------------------------------------------------- loss
+def test_mean_l1_matches_manual_computation():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(3, 1, 4, 5, generator=g), torch.rand(3, 1, 4, 5, generator=g)
+    an, bn = a.numpy().astype(np.float64), b.numpy().astype(np.float64)
+    manual, count = 0.0, 0
+    for i in range(3):
+        for r in range(4):
+            for c in range(5):
+                manual += abs(an[i, 0, r, c] - bn[i, 0, r, c])
+                count += 1
+    assert mean_l1(a, b).item() == pytest.approx(manual / count, rel=1e-6)
+    assert mean_l1(a, b).item() == pytest.approx(torch.nn.functional.l1_loss(a, b).item(), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- data
+@needs_mnist
+def test_mnist_is_byte_exact():
+    train = load_mnist(DATA_DIR, train=True)
+    test = load_mnist(DATA_DIR, train=False)
+    assert train.x.shape == (60000, 1, 28, 28) and test.x.shape == (10000, 1, 28, 28)
+    assert train.x.dtype == torch.float32 and 0 <= train.x.min() and train.x.max() <= 1
+    assert train.y[:5].tolist() == [5, 0, 4, 1, 9]
+    assert train.x.mean().item() == pytest.approx(0.1307, abs=5e-5)
+    assert train.x.std().item() == pytest.approx(0.3081, abs=5e-5)
+    # reference: the raw IDX bytes (16-byte header), compared pixel by pixel
+    raw = np.fromfile(DATA_DIR / "MNIST" / "raw" / "train-images-idx3-ubyte", dtype=np.uint8)[16:]
+    back = (train.x * 255).round().to(torch.uint8).flatten()
+    assert torch.equal(back, torch.from_numpy(raw.copy()))
+
+
+@needs_mnist
+def test_first_100_subset_is_exactly_indices_0_to_99():
+    from torchvision.datasets import MNIST
+    ds = MNIST(str(DATA_DIR), train=True)
+    sub = first_n_subset(ds, 100)
+    ref = torch.utils.data.Subset(ds, torch.arange(100))
+    assert torch.equal(torch.as_tensor(sub.indices), torch.arange(100))
+    assert torch.equal(torch.as_tensor(sub.indices), torch.as_tensor(ref.indices))
+    t = load_mnist(DATA_DIR, train=True)
+    few = first_n_subset(t, 100)
+    assert torch.equal(few.y, ds.targets[:100]) and torch.equal(few.x, t.x[:100])
+    with pytest.raises(ValueError):
+        first_n_subset(few, 101)
+
+
+def test_missing_data_raises_clear_error(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(self):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)
+    with pytest.raises(DataUnavailableError) as err:
+        load_mnist(tmp_path / "empty", train=True)
+    assert "DATA_DIR" in str(err.value) and "--data-dir" in str(err.value)
+
+
+def test_script_without_data_stops_with_one_clear_message(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "ex1_autoencoder.py", "--smoke", "--out-dir", str(tmp_path / "o"),
+                           "--data-dir", str(tmp_path / "nothing-here")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "DATA_DIR" in proc.stderr and "--data-dir" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("bad", [["--epochs", "0"], ["--lr", "-1"], ["--batch-size", "x"],
+                                 ["--variants", "mlp"]])
+def test_invalid_cli_values_are_rejected(bad, capsys):
+    import ex1_autoencoder
+    with pytest.raises(SystemExit) as exit_:
+        ex1_autoencoder.get_args(bad)
+    assert exit_.value.code == 2 and "error:" in capsys.readouterr().err
+    assert ex1_autoencoder.get_args([]).epochs > 0  # the defaults themselves parse
+
+
+def test_index_batches_cover_every_example_once():
+    g = torch.Generator().manual_seed(0)
+    batches = list(index_batches(10, 3, g))
+    assert [len(b) for b in batches] == [3, 3, 3, 1]
+    assert sorted(torch.cat(batches).tolist()) == list(range(10))
+
+
+def test_random_affine_identity_and_shift():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.allclose(random_affine(x, g, max_shift=0, max_degrees=0), x, atol=1e-5)
+    y = random_affine(x, g)
+    assert y.shape == x.shape and not torch.allclose(y, x)
+
+
+# ----------------------------------------------------------------------------- training / checkpoints
+def _tiny_data(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return TensorData(torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+
+def test_fit_decreases_loss_on_a_memorisable_set():
+    data = _tiny_data()
+    gen = seed_everything(0)
+    model = Classifier(channels=(8, 16))
+    hist = fit(model, data, data, epochs=15, lr=1e-2, batch_size=16, gen=gen, device=torch.device("cpu"),
+               desc="t")
+    assert hist[-1]["train_loss"] < 0.5 * hist[0]["train_loss"]
+    assert hist[-1]["train_time_s"] >= hist[0]["train_time_s"] > 0
+    assert {"test_loss", "test_acc", "train_acc", "epoch_time_s"} <= hist[-1].keys()
+
+
+def test_resume_continues_exactly(tmp_path):
+    """Kill a run after epoch 2 (its checkpoint is on disk), resume: same result as never stopping."""
+    data, dev = _tiny_data(), torch.device("cpu")
+    kw = dict(epochs=3, lr=1e-2, batch_size=16, device=dev, reconstruct=True, desc="t")
+    gen = seed_everything(1)
+    straight = AutoEncoder(channels=(4, 8))
+    h1 = fit(straight, data, data, gen=gen, **kw)
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_epoch_3(row):  # on_epoch runs before that epoch's checkpoint is written
+        if row["epoch"] == 3:
+            raise Killed
+
+    ckpt = tmp_path / "ae.pt"
+    gen = seed_everything(1)
+    with pytest.raises(Killed):
+        fit(AutoEncoder(channels=(4, 8)), data, data, gen=gen, ckpt_path=ckpt, on_epoch=kill_in_epoch_3, **kw)
+    assert torch.load(ckpt, weights_only=False)["epoch"] == 2
+
+    gen = seed_everything(123)  # another seed and init: everything must come from the checkpoint
+    resumed = AutoEncoder(channels=(4, 8))
+    h2 = fit(resumed, data, data, gen=gen, ckpt_path=ckpt, resume=True, **kw)
+    assert [r["epoch"] for r in h2] == [1, 2, 3]
+    assert h2[-1]["train_loss"] == pytest.approx(h1[-1]["train_loss"], rel=1e-6)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
+
+
+def test_checkpoint_of_another_architecture_gives_clear_error(tmp_path):
+    save_checkpoint(tmp_path / "x.pt", AutoEncoder(fc=False))
+    with pytest.raises(CheckpointMismatchError, match="architecture"):
+        load_checkpoint(tmp_path / "x.pt", AutoEncoder(fc=True))
+
+
+def test_write_json_atomic_leaves_no_temp_files(tmp_path):
+    p = write_json_atomic(tmp_path / "r.json", {"a": 1.23456789, "t": torch.tensor([1, 2])})
+    assert json.loads(p.read_text()) == {"a": 1.234568, "t": [1, 2]}
+    assert [f.name for f in tmp_path.iterdir()] == ["r.json"]
+
+
+# ----------------------------------------------------------------------------- scripts
+def _strip_times(obj):
+    if isinstance(obj, dict):
+        return {k: _strip_times(v) for k, v in obj.items() if "time" not in k and k not in ("out_dir", "runs_dir")}
+    if isinstance(obj, list):
+        return [_strip_times(v) for v in obj]
+    return obj
+
+
+@needs_mnist
+def test_ex1_smoke_writes_results_and_figures_deterministically(tmp_path):
+    run_script("ex1_autoencoder.py", tmp_path / "a")
+    r = load_result(tmp_path / "a", "ex1")
+    assert r["latent_dim"] == 12 and set(r["variants"]) == {"conv", "conv_fc"}
+    assert all(v["latent_shape"] == [12] for v in r["variants"].values())
+    assert r["pca_test_l1"] > 0 and len(r["history"]["conv"]) == 1
+    for f in ["ex1_reconstructions.png", "ex1_loss.png"]:
+        assert (tmp_path / "a" / "figures" / f).stat().st_size > 10_000
+    run_script("ex1_autoencoder.py", tmp_path / "b")  # same seed on CPU -> identical results JSON
+    assert _strip_times(load_result(tmp_path / "b", "ex1")) == _strip_times(r)
+
+
+@needs_mnist
+def test_ex1_resume_with_foreign_checkpoint_is_a_clear_error(tmp_path):
+    runs = tmp_path / "runs"
+    save_checkpoint(runs / "ex1_conv.pt", Classifier())
+    env = {"DATA_DIR": str(DATA_DIR), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "ex1_autoencoder.py", "--smoke", "--out-dir", str(tmp_path),
+                           "--runs-dir", str(runs), "--resume"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1 and "architecture" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@needs_mnist
+def test_ex2_smoke_writes_results_and_figures(tmp_path):
+    run_script("ex2_classifier.py", tmp_path)
+    r = load_result(tmp_path, "ex2")
+    assert 0 <= r["test_acc"] <= 1 and set(r["baselines"]) == {"lab2_cnn", "lab_mlp", "skip_mlp"}
+    assert all("test_acc" in b for b in r["baselines"].values())
+    for f in ["ex2_curves.png", "ex2_baselines.png"]:
+        assert (tmp_path / "figures" / f).stat().st_size > 10_000
