@@ -117,7 +117,27 @@ class MLP(nn.Module):
         return self.net(z)  # (B, out_dim)
 
 
-class AutoEncoder(nn.Module):
+class EncoderComposite(nn.Module):
+    """Base of the models that start with `self.encoder`; lets the encoder be frozen.
+
+    Frozen means no gradients *and* BatchNorm kept in eval mode: otherwise model.train() would keep
+    updating the running mean/var buffers and the "fixed" encoder would still drift.
+    """
+    encoder_frozen = False
+
+    def freeze_encoder(self) -> "EncoderComposite":
+        self.encoder.requires_grad_(False)
+        self.encoder_frozen = True
+        return self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.encoder_frozen:
+            self.encoder.eval()
+        return self
+
+
+class AutoEncoder(EncoderComposite):
     def __init__(self, latent_dim: int = 12, channels=(32, 64, 128), fc: bool = True, in_shape=(1, 28, 28)):
         super().__init__()
         self.encoder = Encoder(latent_dim, channels, fc, in_shape)
@@ -128,7 +148,7 @@ class AutoEncoder(nn.Module):
         return self.decoder(self.encoder(x))
 
 
-class Classifier(nn.Module):
+class Classifier(EncoderComposite):
     """Encoder + MLP head (ex2, ex4, ex5)."""
 
     def __init__(self, latent_dim: int = 12, channels=(32, 64, 128), fc: bool = True, hidden: int = 64,
@@ -142,7 +162,7 @@ class Classifier(nn.Module):
         return self.mlp(self.encoder(x))
 
 
-class EncoderDecoder(nn.Module):
+class EncoderDecoder(EncoderComposite):
     """A (typically frozen) encoder followed by a decoder: ex3's classifier decoding."""
 
     def __init__(self, encoder: Encoder, decoder: Decoder):

@@ -22,11 +22,11 @@ def save(fig, path: Path) -> Path:
 
 def plot_curves(runs: dict[str, list[dict]], path: Path, title: str, *, x: str = "epoch",
                 metrics=(("loss", "loss"), ("acc", "accuracy")), logy_loss: bool = False,
-                bands: dict[str, dict] | None = None, hlines: dict[str, float] | None = None) -> Path:
+                hlines: dict[str, float] | None = None) -> Path:
     """One panel per metric; for each run a solid test curve and a dashed train curve.
 
     runs: name -> history (list of per-epoch dicts with train_<m>/test_<m> keys).
-    bands: optional name -> {"<split>_<metric>": (x, lo, hi)} shaded areas (e.g. mean +- std).
+    Rows that carry `<split>_<metric>_std` (see train.aggregate_histories) get a mean +- std band.
     hlines: optional label -> y reference lines drawn on the first panel (e.g. a baseline's loss).
     """
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8), squeeze=False)
@@ -36,13 +36,15 @@ def plot_curves(runs: dict[str, list[dict]], path: Path, title: str, *, x: str =
         for i, (name, hist) in enumerate(runs.items()):
             c = colors[i % len(colors)]
             for split, style in (("train", "--"), ("test", "-")):
-                pts = [(h[x], h[f"{split}_{key}"]) for h in hist if f"{split}_{key}" in h]
-                if pts:
-                    xs, ys = zip(*pts)
-                    ax.plot(xs, ys, style, color=c, label=f"{name} ({split})", lw=1.5)
-                if bands and name in bands and f"{split}_{key}" in bands[name]:
-                    bx, lo, hi = bands[name][f"{split}_{key}"]
-                    ax.fill_between(bx, lo, hi, color=c, alpha=0.15, lw=0)
+                m = f"{split}_{key}"
+                pts = [(h[x], h[m], h.get(f"{m}_std")) for h in hist if m in h]
+                if not pts:
+                    continue
+                xs, ys, sds = zip(*pts)
+                ax.plot(xs, ys, style, color=c, label=f"{name} ({split})", lw=1.5)
+                if all(sd is not None for sd in sds):
+                    ax.fill_between(xs, [y - sd for y, sd in zip(ys, sds)], [y + sd for y, sd in zip(ys, sds)],
+                                    color=c, alpha=0.15, lw=0)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         if key == "loss" and logy_loss:
@@ -73,4 +75,35 @@ def image_rows(rows: list[torch.Tensor], labels: list[str], path: Path, title: s
                 ax.set_title(col_titles[c], fontsize=7)
     fig.suptitle(title)
     fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    return save(fig, path)
+
+
+def digit_panels(panels: dict[str, torch.Tensor], path: Path, title: str, ncol: int = 10) -> Path:
+    """Side-by-side panels, each a grid of images (N, 1, H, W) with `ncol` columns, same order in each."""
+    from torchvision.utils import make_grid
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2 + 0.25), squeeze=False)
+    for ax, (name, imgs) in zip(axes[0], panels.items()):
+        grid = make_grid(imgs.clamp(0, 1), nrow=ncol, padding=1, pad_value=0.5)  # (3, H', W')
+        ax.imshow(grid.permute(1, 2, 0))
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def scatter_panels(points: dict[str, "np.ndarray"], labels: torch.Tensor, path: Path, title: str) -> Path:
+    """2-D embeddings (e.g. t-SNE) side by side, coloured by class, one shared legend."""
+    fig, axes = plt.subplots(1, len(points), figsize=(5.2 * len(points), 4.8), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for ax, (name, xy) in zip(axes[0], points.items()):
+        for c in labels.unique().tolist():
+            m = (labels == c).numpy()
+            ax.scatter(xy[m, 0], xy[m, 1], s=3, color=cmap(c), label=str(c))
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_xlabel("t-SNE 1"), ax.set_ylabel("t-SNE 2")
+    axes[0][-1].legend(title="digit", markerscale=4, fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return save(fig, path)

@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import TensorData, index_batches
+from .utils import mean_std, seed_everything
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -179,8 +180,9 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, *, epochs: int, l
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
-        msg = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "lr", "train_time_s"))
-        bar.write(f"[{desc}] epoch {epoch}/{epochs} {msg}")
+        if "test_loss" in row:  # log evaluation epochs only (ex4 runs hundreds of tiny epochs)
+            msg = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "lr", "train_time_s"))
+            bar.write(f"[{desc}] epoch {epoch}/{epochs} {msg}")
         if ckpt_path is not None:
             save_checkpoint(ckpt_path, model, optimizer=opt.state_dict(),
                             scheduler=sched.state_dict() if sched is not None else None,
@@ -188,3 +190,77 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, *, epochs: int, l
                             rng_state=torch.get_rng_state())
     bar.close()
     return history
+
+
+# ----------------------------------------------------------------------------- prerequisites, seeds
+def load_or_train(path: Path, model: nn.Module, train_fn: Callable[[nn.Module], object], what: str) -> nn.Module:
+    """Load `model` from the checkpoint at `path`, or say so and train it first (train_fn saves it)."""
+    path = Path(path)
+    if path.exists():
+        load_checkpoint(path, model)
+        print(f"loaded {what} from {path}")
+    else:
+        print(f"{path} not found: training {what} first (same recipe as its own script)")
+        train_fn(model)
+        if not path.exists():
+            save_checkpoint(path, model)
+    return model
+
+
+def aggregate_histories(histories: list[list[dict]]) -> list[dict]:
+    """Mean over seeds of every metric, row by row (runs share their epochs), plus `<metric>_std`."""
+    mean_rows = []
+    for rows in zip(*histories):
+        row = {"epoch": rows[0]["epoch"]}
+        for key in rows[0]:
+            if key == "epoch" or not all(key in r for r in rows):
+                continue
+            vals = torch.tensor([float(r[key]) for r in rows], dtype=torch.float64)
+            row[key] = vals.mean().item()
+            if len(vals) > 1 and not key.endswith("time_s") and key != "lr":
+                row[f"{key}_std"] = vals.std().item()
+        mean_rows.append(row)
+    return mean_rows
+
+
+def overfitting_summary(history: list[dict]) -> dict:
+    """Numbers that say whether (and when) a run over-fits.
+
+    epoch_min_test_loss: where the test loss is lowest; epoch_train_acc_100: first epoch with 100%
+    training accuracy; final_gap_acc / final_gap_loss: train - test accuracy and test - train loss at
+    the end; test_loss_rise: final test loss minus its minimum (> 0 means it went back up).
+    """
+    evals = [r for r in history if "test_loss" in r]
+    best = min(evals, key=lambda r: r["test_loss"])
+    full = next((r["epoch"] for r in history if r.get("train_acc", 0) >= 1.0), None)
+    last = evals[-1]
+    return {"epoch_min_test_loss": best["epoch"], "min_test_loss": best["test_loss"],
+            "test_acc_at_min_test_loss": best.get("test_acc"), "epoch_train_acc_100": full,
+            "final_gap_acc": last.get("train_acc", float("nan")) - last.get("test_acc", float("nan")),
+            "final_gap_loss": last["test_loss"] - last["train_loss"],
+            "test_loss_rise": last["test_loss"] - best["test_loss"]}
+
+
+def fit_seeds(make_model: Callable[[], nn.Module], seeds, train: TensorData, test: TensorData, *,
+              device: torch.device, desc: str, **fit_kwargs) -> dict:
+    """Train one fresh model per seed (few-label runs are noisy) and summarise mean +- std.
+
+    make_model() is called right after seeding, so initialisation and batch order both follow the seed.
+    """
+    histories = []
+    for seed in seeds:
+        gen = seed_everything(seed)
+        model = make_model().to(device)
+        histories.append(fit(model, train, test, gen=gen, device=device, desc=f"{desc} seed {seed}", **fit_kwargs))
+    mean = aggregate_histories(histories)
+    over = overfitting_summary(mean)
+    return {"seeds": list(seeds),
+            "final_test_acc": mean_std([h[-1]["test_acc"] for h in histories]),
+            "final_test_loss": mean_std([h[-1]["test_loss"] for h in histories]),
+            "best_test_acc": mean_std([max(r["test_acc"] for r in h if "test_acc" in r) for h in histories]),
+            "best_epoch_test_loss": over["epoch_min_test_loss"],
+            "overfitting": over,
+            "overfitting_per_seed": [overfitting_summary(h) for h in histories],
+            "train_time_s": mean_std([h[-1]["train_time_s"] for h in histories]),
+            "mean_history": mean,
+            "history": {str(s): h for s, h in zip(seeds, histories)}}

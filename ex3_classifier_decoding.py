@@ -1,0 +1,160 @@
+"""Exercise 3: decode the latent space of the ex2 classifier.
+
+The trained ex2 classifier's encoder is frozen (requires_grad=False, BatchNorm in eval mode) and a
+fresh decoder with the ex1 architecture is trained on top of it with the mean-L1 loss. Its
+reconstructions are compared with the ex1 conv+FC autoencoder's, and the two 12-d latent spaces are
+measured on the test set (after standardising each latent dimension):
+  within-class spread  - mean distance of a digit's code to its class centroid
+  between-class spread - mean distance between the 10 class centroids
+  silhouette score     - (b - a) / max(a, b), in [-1, 1]; higher = better separated clusters
+  k-NN accuracy        - 5-nearest-neighbour classification of test codes from training codes
+plus a t-SNE map of both spaces coloured by digit.
+
+Checkpoints runs/ex2_classifier.pt and runs/ex1_conv_fc.pt are reused; a missing one is trained
+first with its script's default recipe (and the script says so).
+
+    python ex3_classifier_decoding.py           # report/figures/ex3_*.png, report/results/ex3.json
+    python ex3_classifier_decoding.py --smoke   # seconds, into a temp dir
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from common.data import DataUnavailableError, load_mnist, random_affine, smoke_slice
+from common.models import AutoEncoder, Classifier, Decoder, EncoderDecoder
+from common.plots import digit_panels, scatter_panels
+from common.train import CheckpointMismatchError, fit, load_or_train, mean_l1, predict
+from common.utils import (add_common_args, pick_device, positive_int, resolve_output_dirs, run_config,
+                          seed_everything, write_json_atomic)
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, epochs=10, batch_size=128, lr=3e-3)
+    p.add_argument("--latent-dim", type=positive_int, default=12, help="latent size d, as ex1/ex2 (default 12)")
+    p.add_argument("--channels", type=positive_int, nargs="+", default=[32, 64, 128],
+                   help="conv channels, as ex1/ex2 (default 32 64 128)")
+    p.add_argument("--hidden", type=positive_int, default=64, help="ex2 MLP hidden units (default 64)")
+    p.add_argument("--per-class", type=positive_int, default=6, help="digits per class in the figure (default 6)")
+    p.add_argument("--tsne-n", type=positive_int, default=3000, help="test points in the t-SNE maps (default 3000)")
+    p.add_argument("--knn", type=positive_int, default=5, help="k of the k-NN accuracy (default 5)")
+    g = p.add_argument_group("prerequisites (only trained if their checkpoint is missing; the scripts' defaults)")
+    g.add_argument("--pretrain-epochs", type=positive_int, default=15, help="ex1/ex2 epochs (default 15)")
+    return p.parse_args(argv)
+
+
+def classifier_decoder(classifier: Classifier, latent_dim: int, channels) -> EncoderDecoder:
+    """The classifier's encoder, frozen, followed by a fresh ex1-architecture decoder."""
+    decoder = Decoder(latent_dim, channels, fc=True, in_shape=classifier.encoder.config["in_shape"])
+    return EncoderDecoder(classifier.encoder, decoder).freeze_encoder()
+
+
+def standardise(z: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance per latent dimension: distances no longer depend on each space's scale."""
+    return (z - z.mean(0)) / z.std(0).clamp_min(1e-8)
+
+
+def latent_stats(z: torch.Tensor, y: torch.Tensor) -> dict:
+    """Within-class and between-class distances of standardised codes z (N, d) with labels y (N,)."""
+    classes = y.unique()
+    cents = torch.stack([z[y == c].mean(0) for c in classes])                      # (10, d)
+    within = torch.stack([(z[y == c] - cents[i]).norm(dim=1).mean() for i, c in enumerate(classes)])  # (10,)
+    between = torch.pdist(cents)                                                    # (45,) pairs i < j
+    return {"within": within.mean().item(), "per_class_within": within.tolist(),
+            "between": between.mean().item(), "min_between": between.min().item(),
+            "ratio": (between.mean() / within.mean()).item()}
+
+
+def main(argv=None) -> dict:
+    args = get_args(argv)
+    fig_dir, res_dir, runs_dir = resolve_output_dirs(args)
+    device = pick_device(args.device)
+    t_start = time.perf_counter()
+
+    train, test = load_mnist(args.data_dir, train=True), load_mnist(args.data_dir, train=False)
+    if args.smoke:
+        train, test = smoke_slice(train, 1024), smoke_slice(test, 500)
+        args.epochs, args.pretrain_epochs, args.tsne_n = 1, 1, 200
+
+    # ---- prerequisites: the ex2 classifier and the ex1 conv+FC autoencoder (same recipes as ex1/ex2)
+    def pretrain(name, reconstruct, augment=None):
+        def run(model):
+            fit(model.to(device), train, test, epochs=args.pretrain_epochs, lr=3e-3, batch_size=128,
+                gen=seed_everything(args.seed), device=device, reconstruct=reconstruct, augment=augment,
+                ckpt_path=runs_dir / f"{name}.pt", desc=f"{name} (prerequisite)")
+        return run
+
+    seed_everything(args.seed)
+    cls = load_or_train(runs_dir / "ex2_classifier.pt",
+                        Classifier(args.latent_dim, args.channels, fc=True, hidden=args.hidden),
+                        pretrain("ex2_classifier", False, random_affine), "the ex2 classifier").to(device)
+    seed_everything(args.seed)
+    ae = load_or_train(runs_dir / "ex1_conv_fc.pt", AutoEncoder(args.latent_dim, args.channels, fc=True),
+                       pretrain("ex1_conv_fc", True), "the ex1 conv+FC autoencoder").to(device)
+
+    # ---- train only the decoder on top of the frozen classifier encoder
+    gen = seed_everything(args.seed)
+    model = classifier_decoder(cls, args.latent_dim, args.channels).to(device)
+    hist = fit(model, train, test, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, gen=gen,
+               device=device, reconstruct=True, params=model.decoder.parameters(),
+               ckpt_path=runs_dir / "ex3_cls_decoder.pt", resume=args.resume, desc="ex3 decoder")
+
+    recon = {"AE (ex1)": predict(ae, test.x, device), "classifier enc. + decoder": predict(model, test.x, device)}
+    l1 = {k: mean_l1(v, test.x).item() for k, v in recon.items()}
+
+    # ---- latent-space measurements on the test set (standardised codes)
+    from sklearn.metrics import silhouette_score
+    from sklearn.neighbors import KNeighborsClassifier
+    codes = {"ae": (predict(ae, train.x, device, fn=ae.encoder), predict(ae, test.x, device, fn=ae.encoder)),
+             "cls": (predict(cls, train.x, device, fn=cls.encoder), predict(cls, test.x, device, fn=cls.encoder))}
+    stats, sil, knn = {}, {}, {}
+    for k, (z_tr, z_te) in codes.items():
+        mu, sd = z_tr.mean(0), z_tr.std(0).clamp_min(1e-8)   # standardise with training statistics
+        z_tr, z_te = (z_tr - mu) / sd, (z_te - mu) / sd
+        stats[k] = latent_stats(z_te, test.y)
+        sil[k] = float(silhouette_score(z_te.numpy(), test.y.numpy(), random_state=args.seed))
+        knn[k] = float(KNeighborsClassifier(args.knn).fit(z_tr.numpy(), train.y.numpy()).score(z_te.numpy(), test.y.numpy()))
+
+    # ---- figures: >= 60 digits (per_class per digit) from both decoders, and t-SNE maps
+    idx = torch.cat([torch.nonzero(test.y == c).flatten()[:args.per_class] for c in range(10)])
+    idx = idx.view(10, -1).t().flatten()  # row r holds the r-th example of every digit 0..9
+    digit_panels({"input": test.x[idx], **{f"{k}\nL1={l1[k]:.4f}": v[idx] for k, v in recon.items()}},
+                 fig_dir / "ex3_digits.png", f"{len(idx)} test digits ({args.per_class} per class): input, "
+                 "ex1 autoencoder, decoder on the frozen ex2 classifier encoder", ncol=10)
+    from sklearn.manifold import TSNE
+    n = min(args.tsne_n, len(test))
+    maps = {}
+    for k, name in (("ae", "autoencoder latent (ex1)"), ("cls", "classifier latent (ex2)")):
+        z = standardise(codes[k][1][:n]).numpy()
+        maps[f"{name}\nsilhouette={sil[k]:.3f}"] = TSNE(2, init="pca", random_state=args.seed,
+                                                      perplexity=min(30.0, n / 4)).fit_transform(z)
+    scatter_panels(maps, test.y[:n], fig_dir / "ex3_tsne.png", f"t-SNE of {n} test codes (d={args.latent_dim}), coloured by digit")
+
+    results = {"name": "ex3", "config": run_config(args), "seed": args.seed,
+               "ae_test_l1": l1["AE (ex1)"], "cls_decoder_test_l1": l1["classifier enc. + decoder"],
+               "silhouette": sil, "knn_acc": knn,
+               "within_class": {k: s["within"] for k, s in stats.items()},
+               "between_class": {k: s["between"] for k, s in stats.items()},
+               "between_within_ratio": {k: s["ratio"] for k, s in stats.items()},
+               "min_between_class": {k: s["min_between"] for k, s in stats.items()},
+               "per_class_within": {k: s["per_class_within"] for k, s in stats.items()},
+               "history": hist, "wall_time_s": time.perf_counter() - t_start}
+    path = write_json_atomic(res_dir / "ex3.json", results)
+    print("\n latent      | test L1 | within | between | ratio | silhouette | k-NN acc")
+    for k, name in (("ae", "AE (ex1)"), ("cls", "classifier")):
+        print(f" {name:11s} | {l1['AE (ex1)' if k == 'ae' else 'classifier enc. + decoder']:.4f}  | "
+              f"{stats[k]['within']:.3f}  | {stats[k]['between']:.3f}   | {stats[k]['ratio']:.2f}  | "
+              f"{sil[k]:.3f}      | {100 * knn[k]:.2f}%")
+    print(f"wrote {path} and figures in {fig_dir} ({results['wall_time_s']:.0f} s)")
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (DataUnavailableError, CheckpointMismatchError) as e:
+        sys.exit(f"error: {e}")

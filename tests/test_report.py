@@ -1,0 +1,211 @@
+"""The report builds (python report/build.py) with the current results, with none, and with a synthetic
+full set that exercises every section; the PDF text holds every theory and practical heading."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+pytest.importorskip("typst")
+pypdf = pytest.importorskip("pypdf")
+
+BUILD = REPO / "report" / "build.py"
+THEORY_HEADINGS = [
+    "Q1. Convolution is linear and time/space invariant",
+    "Q2. Which layers are time/space invariant?",
+    "(a) Additive constant", "(b) Pointwise non-linearity", "(c) Strided pooling", "(d) Is a CNN time invariant?",
+    "Q3. Jacobians of the basic layers",
+    "(a) Additive bias", "(b) Matrix multiplication", "(c) Convolution layer",
+]
+PRACTICAL_HEADINGS = [
+    "Summary of results", "Exercise 1: convolutional autoencoder", "Exercise 2: classifier from the encoder",
+    "Exercise 3: what the two encoders keep", "Exercise 4: classifier trained on 100 labelled images",
+    "Exercise 5: pretrained encoder with 100 labels", "Lab: debiasing a face detector (DB-VAE)",
+    "Lab: class activation maps (CAM)", "References",
+]
+FIGURES = ["ex1_reconstructions.png", "ex1_loss.png", "ex2_curves.png", "ex2_baselines.png", "ex3_digits.png",
+           "ex3_tsne.png", "ex4_curves.png", "ex45_compare.png", "lab_dbvae_groups.png", "lab_cam_overview.png",
+           "lab_cam_curves.png"]
+
+
+def _build_module():
+    spec = importlib.util.spec_from_file_location("report_build", BUILD)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def pdf_text(path) -> str:
+    text = "\n".join(page.extract_text() or "" for page in pypdf.PdfReader(str(path)).pages)
+    return " ".join(text.split())  # line breaks inside a heading become spaces
+
+
+def run_build(*args) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(BUILD), *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def assert_headings(text: str):
+    for h in THEORY_HEADINGS + PRACTICAL_HEADINGS:
+        assert h in text, f"heading {h!r} missing from the PDF text"
+
+
+def _hist(n, acc=True):
+    rows = []
+    for e in range(1, n + 1):
+        r = {"epoch": e, "train_loss": 1.0 / e, "test_loss": 1.2 / e + 0.01 * e, "epoch_time_s": 1.5,
+             "train_time_s": 1.5 * e, "lr": 1e-3}
+        if acc:
+            r.update(train_acc=min(1.0, 0.5 + 0.1 * e), test_acc=0.5 + 0.04 * e)
+        rows.append(r)
+    return rows
+
+
+def synthetic_results(d):
+    """Every result file, in the schemas the scripts write (numbers and {mean, std} forms mixed)."""
+    ms = lambda m, s: {"mean": m, "std": s, "values": [m - s, m + s]}  # noqa: E731
+    res = {
+        "ex1": {"latent_dim": 12, "variants": {
+            "conv": {"test_l1": 0.061, "params": 193156, "collapsed": False, "latent_shape": [12]},
+            "conv_fc": {"test_l1": 0.052, "params": 237069, "collapsed": True, "latent_shape": [12]}},
+            "pca_test_l1": 0.095, "pca_test_l1_clipped": 0.086, "all_black_test_l1": 0.1307,
+            "history": {"conv": _hist(3, False), "conv_fc": _hist(3, False)}, "config": {}, "wall_time_s": 321.5},
+        "ex2": {"test_acc": 0.9931, "test_loss": 0.021, "params": 119190, "history": _hist(4),
+                "baselines": {n: {"test_acc": a, "params": p, "history": _hist(4)} for n, a, p in
+                              (("lab2_cnn", 0.9902, 124670), ("lab_mlp", 0.975, 55050), ("skip_mlp", 0.978, 67530))},
+                "config": {}},
+        "ex3": {"ae_test_l1": 0.052, "cls_decoder_test_l1": 0.121, "silhouette": {"ae": 0.11, "cls": 0.62},
+                "within_class": {"ae": 3.1, "cls": 1.2}, "between_class": {"ae": 4.0, "cls": 6.5},
+                "knn_acc": {"ae": 0.95, "cls": 0.99},
+                "per_class_within": {"ae": [3.0 + i / 10 for i in range(10)], "cls": [1.0 + i / 20 for i in range(10)]}},
+        "ex4": {"train_indices": list(range(100)), "seeds": [0, 1, 2], "final_test_acc": ms(0.71, 0.02),
+                "final_test_loss": ms(1.3, 0.1), "best_epoch_test_loss": 0.95, "best_test_acc": ms(0.73, 0.01),
+                "overfitting": {"epoch_min_test_loss": 12, "epoch_train_acc_100": 9, "final_gap_acc": 0.29,
+                                "test_loss_increase": 0.35},
+                "history": _hist(3)},
+        "ex5": {"train_indices": list(range(100)), "seeds": [0, 1, 2], "final_test_acc": ms(0.83, 0.015),
+                "final_test_loss": 0.7, "overfitting": {"epoch_min_test_loss": 20, "final_gap_acc": 0.17},
+                "variants": {"finetune": {"final_test_acc": ms(0.83, 0.015)},
+                             "frozen_encoder": {"final_test_acc": 0.78},
+                             "finetune_augment": {"final_test_acc": ms(0.86, 0.01)}}},
+        "lab_dbvae": {"groups": ["LF", "LM", "DF", "DM"], "seeds": [0, 1],
+                      # as lab_dbvae.py writes it: means, plus mean/std details in *_stats
+                      "standard": {"group_acc": {"LF": 0.9, "LM": 0.95, "DF": 0.7, "DM": 0.8},
+                                   "group_acc_stats": {"LF": ms(0.9, 0.01), "LM": ms(0.95, 0.01),
+                                                       "DF": ms(0.7, 0.05), "DM": ms(0.8, 0.02)},
+                                   "group_var": 0.008, "group_var_stats": ms(0.008, 0.001), "overall_acc": 0.93,
+                                   "mit_group_acc": {"LF": 0.8, "LM": 0.85, "DF": 0.6, "DM": 0.7}},
+                      # the simpler form: plain numbers only
+                      "dbvae": {"group_acc": {"LF": 0.92, "LM": 0.94, "DF": 0.88, "DM": 0.9}, "group_var": 0.0005,
+                                "overall_acc": 0.935},
+                      "goal": {"met": True, "definition": "variance halved"}},
+        "lab_cam": {"val_acc": 0.81, "history": _hist(2), "classes": ["tench", "English springer", "cassette player"]},
+        "bench": {"ae": {"ours_img_s": 5200.0, "baseline_img_s": 2100.0, "speedup": 2.48, "frac_of_matmul_peak": 0.31},
+                  "classifier": {"ours_img_s": 8000.0, "baseline_img_s": 3000.0, "speedup": 2.67},
+                  "matmul_gflops": 95.2},
+    }
+    (d / "results").mkdir(parents=True)
+    (d / "figures").mkdir()
+    for name, obj in res.items():
+        (d / "results" / f"{name}.json").write_text(json.dumps(obj))
+    return res
+
+
+def _tiny_png(path):
+    from PIL import Image
+    Image.new("RGB", (40, 20), (200, 60, 60)).save(path)
+
+
+def test_build_with_current_results(tmp_path):
+    report = REPO / "report"
+    for sub in ("results", "figures"):  # a copy, so a concurrent experiment writing there cannot interfere
+        src = report / sub
+        if src.is_dir():
+            shutil.copytree(src, tmp_path / sub)
+    out = tmp_path / "ex2.pdf"
+    run_build("--report-dir", tmp_path, "--out", out)
+    assert out.stat().st_size > 10_000
+    assert_headings(pdf_text(out))
+
+
+def test_build_with_no_results_names_the_scripts(tmp_path):
+    (tmp_path / "results").mkdir()
+    proc = run_build("--results-dir", tmp_path / "results", "--figures-dir", tmp_path / "figures",
+                     "--out", tmp_path / "empty.pdf")
+    for name in ("ex1", "ex2", "ex3", "ex4", "ex5", "lab_dbvae", "lab_cam"):
+        assert f"missing {name}:" in proc.stdout
+    assert "missing ex1: run `python ex1_autoencoder.py`" in proc.stdout
+    text = pdf_text(tmp_path / "empty.pdf")
+    assert_headings(text)
+    assert "Result not available yet" in text
+    assert "python ex1_autoencoder.py" in text.replace("python  ", "python ")
+    assert "not run" in text
+
+
+def test_build_with_full_synthetic_results(tmp_path):
+    synthetic_results(tmp_path)
+    for f in FIGURES:
+        _tiny_png(tmp_path / "figures" / f)
+    info = _build_module().build(tmp_path / "full.pdf", tmp_path / "results", tmp_path / "figures", quiet=True)
+    assert not info["missing"] and not info["missing_figures"]
+    text = pdf_text(tmp_path / "full.pdf")
+    assert_headings(text)
+    assert "Result not available yet" not in text and "not run" not in text
+    # numbers really come from the JSON files, in both the plain and the {mean, std} form
+    for s in ("99.31%", "0.0520", "193,156", "71.00 ± 2.00%", "83.00 ± 1.50%", "88.18%", "81.00%", "2.5×",
+              "70.00 ± 5.00%", "80.00 ± 10.00", "5.00", "93.50%", "is met"):
+        assert s in text, s
+    # ex3's text reads the direction from the numbers (cls is more separated, ae more variable)
+    assert "better separated in the classifier" in text
+    assert "in-class variability is higher for the autoencoder" in text
+
+
+def test_build_ignores_a_broken_result_file(tmp_path):
+    synthetic_results(tmp_path)
+    (tmp_path / "results" / "ex3.json").write_text("{ half-written")
+    (tmp_path / "results" / "ex4.json").write_text(json.dumps({"unexpected": "schema"}))  # every key missing
+    # Python's json writes NaN for a nan float; Typst's strict parser would reject the whole file
+    (tmp_path / "results" / "ex5.json").write_text('{"final_test_acc": {"mean": NaN, "std": 0.1}, "seeds": [1]}')
+    info = _build_module().build(tmp_path / "b.pdf", tmp_path / "results", tmp_path / "figures", quiet=True)
+    assert "ex3" in info["missing"] and "ex4" not in info["missing"] and "ex5" not in info["missing"]
+    text = pdf_text(tmp_path / "b.pdf")
+    assert_headings(text)
+    assert "Runs: one seed" in text  # ex5 section rendered from the cleaned copy
+
+
+def _mutate(obj, leaf):
+    if isinstance(obj, dict):
+        return {k: _mutate(v, leaf) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_mutate(v, leaf) for v in obj]
+    return leaf(obj)
+
+
+@pytest.mark.parametrize("leaf", [lambda v: None, lambda v: "n/a", lambda v: [v], lambda v: {"v": v}],
+                         ids=["null", "string", "list", "dict"])
+def test_build_survives_unexpected_value_types(tmp_path, leaf):
+    """Every number replaced by null / a string / a list / a dict: the build must still succeed."""
+    res = synthetic_results(tmp_path)
+    for name, obj in res.items():
+        (tmp_path / "results" / f"{name}.json").write_text(json.dumps(_mutate(obj, leaf)))
+    _build_module().build(tmp_path / "m.pdf", tmp_path / "results", tmp_path / "figures", quiet=True)
+    assert_headings(pdf_text(tmp_path / "m.pdf"))
+
+
+def test_build_survives_wrong_container_types(tmp_path):
+    synthetic_results(tmp_path)
+    bad = {"variants": [1, 2], "baselines": 3, "history": {"a": 1}, "groups": "LF", "overfitting": [0],
+           "per_class_within": {"ae": [1.0], "cls": [1.0, 2.0]}, "silhouette": 0.5, "classes": "abc",
+           "seeds": 3, "train_indices": 5, "ae": 1, "standard": [], "dbvae": "x", "final_test_acc": [0.5]}
+    for name in ("ex1", "ex2", "ex3", "ex4", "ex5", "lab_dbvae", "lab_cam", "bench"):
+        (tmp_path / "results" / f"{name}.json").write_text(json.dumps(bad))
+    _build_module().build(tmp_path / "w.pdf", tmp_path / "results", tmp_path / "figures", quiet=True)
+    assert_headings(pdf_text(tmp_path / "w.pdf"))
