@@ -22,34 +22,21 @@ HERE = Path(__file__).resolve().parent          # report/
 REPO = HERE.parent
 SOURCE = HERE / "ex2.typ"
 
-# result name -> (glob patterns for the script that writes it, fallback command, figures it should come with)
+# result name -> (the command that writes report/results/<name>.json, figures it should come with)
 EXPERIMENTS = {
-    "ex1": (["ex1_*.py", "ex1*.py"], "python ex1_autoencoder.py", ["ex1_reconstructions.png", "ex1_loss.png"]),
-    "ex2": (["ex2_*.py", "ex2*.py"], "python ex2_classifier.py", ["ex2_curves.png", "ex2_baselines.png"]),
-    "ex3": (["ex3_*.py", "ex3*.py"], "python ex3_latent.py", ["ex3_digits.png", "ex3_tsne.png"]),
-    "ex4": (["ex4_*.py", "ex4*.py", "ex45*.py"], "python ex4_few_labels.py", ["ex4_curves.png"]),
-    "ex5": (["ex5_*.py", "ex5*.py", "ex45*.py"], "python ex5_pretrained.py", ["ex45_compare.png"]),
-    "lab_dbvae": (["lab_dbvae*.py", "*dbvae*.py"], "python lab_dbvae.py", ["lab_dbvae_groups.png"]),
-    "lab_cam": (["lab_cam*.py", "*cam*.py"], "python lab_cam.py", ["lab_cam_overview.png", "lab_cam_curves.png"]),
-    "bench": (["bench*.py", "*bench*.py"], "python bench.py", []),
+    "ex1": ("python ex1_autoencoder.py", ["ex1_reconstructions.png", "ex1_loss.png"]),
+    "ex2": ("python ex2_classifier.py", ["ex2_curves.png", "ex2_baselines.png"]),
+    "ex3": ("python ex3_classifier_decoding.py", ["ex3_digits.png", "ex3_tsne.png"]),
+    "ex4": ("python ex4_few_shot.py", ["ex4_curves.png"]),
+    "ex5": ("python ex5_finetune.py", ["ex45_compare.png"]),
+    "lab_dbvae": ("python lab_dbvae.py", ["lab_dbvae_groups.png"]),
+    "lab_cam": ("python lab_cam.py", ["lab_cam_overview.png", "lab_cam_curves.png"]),
+    "bench": ("python -m common.bench", []),
 }
-_SKIP_DIRS = {"tests", "report", "common", "runs", "data", ".git", ".ci", "__pycache__"}
 
 
 class BuildError(RuntimeError):
     pass
-
-
-def find_script(patterns: list[str], fallback: str) -> str:
-    """The command that produces a result: the first matching script in the repo root or a sub-folder."""
-    dirs = [REPO] + sorted(d for d in REPO.iterdir() if d.is_dir() and d.name not in _SKIP_DIRS
-                           and not d.name.startswith("."))
-    for pattern in patterns:
-        for d in dirs:
-            hits = sorted(p for p in d.glob(pattern) if p.is_file())
-            if hits:
-                return "python " + hits[0].relative_to(REPO).as_posix()
-    return fallback
 
 
 def _nan_to_none(obj):
@@ -107,7 +94,7 @@ def build(out: Path, results_dir: Path, figures_dir: Path, *, png: bool = False,
 
     out, results_dir, figures_dir = out.resolve(), results_dir.resolve(), figures_dir.resolve()
     (results, cleaned), figures = valid_results(results_dir), figure_files(figures_dir)
-    scripts = {name: find_script(pats, fb) for name, (pats, fb, _) in EXPERIMENTS.items()}
+    scripts = {name: cmd for name, (cmd, _) in EXPERIMENTS.items()}
     try:
         root = Path(os.path.commonpath([HERE, results_dir, figures_dir]))
     except ValueError:  # e.g. different drives on Windows
@@ -132,7 +119,7 @@ def build(out: Path, results_dir: Path, figures_dir: Path, *, png: bool = False,
         pngs = sorted(out.parent.glob(out.stem + "-*.png"))
 
     missing = {n: scripts[n] for n in EXPERIMENTS if n not in results}
-    missing_figs = {f: scripts[n] for n, (_, _, figs) in EXPERIMENTS.items() if n in results
+    missing_figs = {f: scripts[n] for n, (_, figs) in EXPERIMENTS.items() if n in results
                     for f in figs if f not in figures}
     if not quiet:
         print(f"wrote {out}  (results: {', '.join(results) or 'none'})")
@@ -146,6 +133,78 @@ def build(out: Path, results_dir: Path, figures_dir: Path, *, png: bool = False,
             "missing_figures": missing_figs, "pngs": pngs}
 
 
+README = REPO / "README.md"
+MARK_START, MARK_END = "<!-- results:start (written by report/build.py) -->", "<!-- results:end -->"
+
+
+def _get(d, *keys):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _pct(v) -> str:
+    if isinstance(v, dict) and "mean" in v:
+        return f"{100 * v['mean']:.2f} ± {100 * v.get('std', 0):.2f} %"
+    return f"{100 * v:.2f} %" if isinstance(v, (int, float)) else "–"
+
+
+def _num(v, fmt=".4f") -> str:
+    return format(v, fmt) if isinstance(v, (int, float)) else "–"
+
+
+def readme_table(results_dir: Path) -> str:
+    """The README's results table, every number read from results/*.json (nothing typed by hand)."""
+    r = {}
+    for p in sorted(results_dir.glob("*.json")):
+        try:
+            r[p.stem] = json.loads(p.read_text())
+        except ValueError:
+            pass
+    g = lambda name, *keys: _get(r.get(name, {}), *keys)  # noqa: E731
+    v5 = g("ex5", "variants") or {}
+    best5 = max(v5.items(), key=lambda kv: _get(kv[1], "final_test_acc", "mean") or 0, default=(None, {}))
+    rows = [
+        ("ex1 autoencoder, d=12", "test mean-L1 conv+FC / conv-only / PCA-12",
+         f"{_num(g('ex1', 'variants', 'conv_fc', 'test_l1'))} / {_num(g('ex1', 'variants', 'conv', 'test_l1'))}"
+         f" / {_num(g('ex1', 'pca_test_l1'))}", "≤ 0.030 and ≤ 0.6 × PCA"),
+        ("ex2 classifier", "test accuracy", _pct(g("ex2", "test_acc")), "≥ 99.4 %"),
+        ("ex2 baselines", "Lab2 CNN / MLP / skip-MLP",
+         " / ".join(_pct(g("ex2", "baselines", b, "test_acc")) for b in ("lab2_cnn", "lab_mlp", "skip_mlp")), ""),
+        ("ex3 classifier decoding", "test mean-L1 AE / classifier-encoder decoder",
+         f"{_num(g('ex3', 'ae_test_l1'))} / {_num(g('ex3', 'cls_decoder_test_l1'))}", ""),
+        ("ex4 100 labels, scratch", "final test accuracy (seeds)", _pct(g("ex4", "final_test_acc")), ""),
+        ("ex5 100 labels, AE encoder", "final test accuracy (seeds)", _pct(g("ex5", "final_test_acc")), "≥ ex4 + 10 pts"),
+        ("ex5 best variant", str(best5[0]), _pct(_get(best5[1], "final_test_acc")), "≥ 88.2 %"),
+        ("lab DB-VAE", "variance of group accuracy, standard → DB-VAE",
+         f"{_num(g('lab_dbvae', 'standard', 'group_var'), '.5f')} → {_num(g('lab_dbvae', 'dbvae', 'group_var'), '.5f')}",
+         "−50 %"),
+        ("lab CAM (Imagenette)", "val accuracy", _pct(g("lab_cam", "val_acc")), "≥ 85 %"),
+        ("speed (2 CPU cores)", "AE img/s ours / DataLoader, % of matmul peak",
+         f"{_num(g('bench', 'ae', 'ours_img_s'), ',.0f')} / {_num(g('bench', 'ae', 'baseline_img_s'), ',.0f')}"
+         f" ({_num(g('bench', 'ae', 'speedup'), '.2f')}×), {_pct(g('bench', 'ae', 'frac_of_matmul_peak'))}",
+         "≥ 2× and ≥ 60 %"),
+    ]
+    lines = ["| experiment | metric | result | goal |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(lines)
+
+
+def update_readme(results_dir: Path) -> bool:
+    """Replace the table between the README's result markers; False if the markers are absent."""
+    if not README.exists():
+        return False
+    text = README.read_text()
+    if MARK_START not in text or MARK_END not in text:
+        return False
+    head, rest = text.split(MARK_START, 1)
+    tail = rest.split(MARK_END, 1)[1]
+    README.write_text(f"{head}{MARK_START}\n{readme_table(results_dir)}\n{MARK_END}{tail}")
+    return True
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--report-dir", type=Path, default=HERE,
@@ -156,12 +215,14 @@ def main(argv=None) -> int:
     p.add_argument("--png", action="store_true", help="also render each page to OUT-<page>.png")
     args = p.parse_args(argv)
     rd = args.report_dir
+    results_dir = args.results_dir or rd / "results"
     try:
-        build(args.out or rd / "ex2.pdf", args.results_dir or rd / "results", args.figures_dir or rd / "figures",
-              png=args.png)
+        build(args.out or rd / "ex2.pdf", results_dir, args.figures_dir or rd / "figures", png=args.png)
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if results_dir.resolve() == (HERE / "results") and update_readme(results_dir):
+        print(f"updated the results table in {_show(README)}")
     return 0
 
 

@@ -1,0 +1,145 @@
+"""Training-speed benchmark: the project's data path and loop vs typical course code, on this machine.
+
+    python -m common.bench            # writes report/results/bench.json (a few minutes on 2 cores)
+    python -m common.bench --smoke    # seconds, into a temp dir
+
+In ONE process, for the ex1 autoencoder and the ex2 classifier (same model, batch size, threads and
+seed on both sides) it trains a fixed number of steps with
+  (a) ours:     MNIST as one in-memory float tensor, index batches, common.train.train_epoch
+                (zero_grad(set_to_none=True), loss accumulated on device: no per-step .item() sync)
+  (b) baseline: torchvision.datasets.MNIST(transform=ToTensor()) + DataLoader(shuffle=True), the loop
+                most course code has (optimizer.zero_grad(), loss.item() every step)
+interleaving (a) and (b) `--repeats` times and keeping the median, so a slow moment of a shared machine
+hits both. It also counts the model's training FLOPs per image (torch.utils.flop_counter) and measures
+the fp32 matmul GFLOP/s of the same machine in the same run, to say how close to the hardware we are.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import DataUnavailableError, load_mnist
+from .models import AutoEncoder, Classifier
+from .train import cross_entropy, mean_l1, train_epoch
+from .utils import REPORT_DIR, positive_int, seed_everything, write_json_atomic
+
+
+def matmul_gflops(n: int = 1024, seconds: float = 1.0) -> float:
+    """Best fp32 GFLOP/s of an n x n matmul (2 n^3 flops each) over about `seconds`."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b  # warm-up: thread pool, caches
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def train_flops_per_image(model: nn.Module, x: torch.Tensor, target: torch.Tensor, loss_fn) -> float:
+    """Forward + backward FLOPs of one training step, divided by the batch size."""
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss_fn(model(x), target).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(x)
+
+
+def run_ours(model, data, loss_fn, steps, batch_size, reconstruct, gen) -> float:
+    """images/s of the project's loop over steps * batch_size in-memory images."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sub = data.subset(torch.arange(steps * batch_size))
+    t0 = time.perf_counter()
+    train_epoch(model, sub, loss_fn, opt, None, batch_size, gen, torch.device("cpu"), reconstruct=reconstruct)
+    return len(sub) / (time.perf_counter() - t0)
+
+
+def run_baseline(model, loader, loss_fn, steps, reconstruct) -> float:
+    """images/s of the usual DataLoader loop (as written in most course notebooks)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    seen, t0 = 0, time.perf_counter()
+    for step, (x, y) in enumerate(loader):
+        if step == steps:
+            break
+        out = model(x)
+        loss = loss_fn(out, x if reconstruct else y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        running = loss.item()  # noqa: F841 - the per-step sync typical code does for logging
+        seen += len(x)
+    return seen / (time.perf_counter() - t0)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=positive_int, default=150, help="training steps per measurement (default 150)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="interleaved (a)/(b) rounds (default 3)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="batch size, as ex1/ex2 (default 128)")
+    p.add_argument("--threads", type=positive_int, default=torch.get_num_threads(),
+                   help=f"torch threads (default {torch.get_num_threads()} on this machine)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--data-dir", default=os.environ.get("DATA_DIR", "./data"), help="MNIST root ($DATA_DIR)")
+    p.add_argument("--out-dir", type=Path, default=None, help="default report/ (temp dir with --smoke)")
+    p.add_argument("--smoke", action="store_true", help="3 steps, 1 repeat, into a temp dir")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.steps, args.repeats = 3, 1
+    out = args.out_dir or (Path(tempfile.mkdtemp(prefix="smoke_")) if args.smoke else REPORT_DIR)
+    torch.set_num_threads(args.threads)
+
+    from torchvision.datasets import MNIST
+    from torchvision.transforms import ToTensor
+    data = load_mnist(args.data_dir, train=True)
+    ref_ds = MNIST(args.data_dir, train=True, transform=ToTensor())
+
+    peak = matmul_gflops(seconds=0.2 if args.smoke else 2.0)
+    results = {"name": "bench", "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+               "torch": torch.__version__, "threads": args.threads, "cpu_count": os.cpu_count()}
+    for name, make, loss_fn, reconstruct in [("ae", lambda: AutoEncoder(), mean_l1, True),
+                                             ("classifier", lambda: Classifier(), cross_entropy, False)]:
+        seed_everything(args.seed)
+        probe = make()
+        xb = data.x[:args.batch_size]
+        flops = train_flops_per_image(probe, xb, xb if reconstruct else data.y[:args.batch_size], loss_fn)
+        ours, base = [], []
+        for r in range(args.repeats):
+            gen = seed_everything(args.seed + r)
+            ours.append(run_ours(make(), data, loss_fn, args.steps, args.batch_size, reconstruct, gen))
+            seed_everything(args.seed + r)
+            loader = torch.utils.data.DataLoader(ref_ds, batch_size=args.batch_size, shuffle=True)
+            base.append(run_baseline(make(), loader, loss_fn, args.steps, reconstruct))
+            print(f"{name} round {r + 1}/{args.repeats}: ours {ours[-1]:,.0f} img/s, DataLoader {base[-1]:,.0f} img/s")
+        o, b = statistics.median(ours), statistics.median(base)
+        gflops = flops * o / 1e9
+        results[name] = {"ours_img_s": o, "baseline_img_s": b, "speedup": o / b,
+                         "ours_runs_img_s": ours, "baseline_runs_img_s": base,
+                         "train_flops_per_img": flops, "achieved_gflops": gflops,
+                         "frac_of_matmul_peak": gflops / peak, "steps": args.steps}
+    results["matmul_gflops"] = peak
+    path = write_json_atomic(out / "results" / "bench.json", results)
+    print(f"\nfp32 matmul peak on this machine: {peak:.1f} GFLOP/s ({args.threads} threads)")
+    print(" model      | ours img/s | DataLoader img/s | speedup | MFLOP/img | GFLOP/s | % of matmul peak")
+    for name in ("ae", "classifier"):
+        r = results[name]
+        print(f" {name:10s} | {r['ours_img_s']:10,.0f} | {r['baseline_img_s']:16,.0f} | {r['speedup']:6.2f}x |"
+              f" {r['train_flops_per_img'] / 1e6:9.1f} | {r['achieved_gflops']:7.1f} | {100 * r['frac_of_matmul_peak']:5.1f}%")
+    print(f"wrote {path}")
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except DataUnavailableError as e:
+        raise SystemExit(f"error: {e}")
