@@ -63,6 +63,31 @@ def run_ours(model, data, loss_fn, steps, batch_size, reconstruct, gen) -> float
     return len(sub) / (time.perf_counter() - t0)
 
 
+class Autocast(nn.Module):
+    """Wraps a model so its forward runs under CPU bf16 autocast (weights and optimiser stay fp32)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.model(x).float()
+
+
+def with_option(model: nn.Module, data, option: str):
+    """(model, data) prepared for one of the optional CPU speed-ups measured by --options."""
+    if option == "channels_last":
+        from .data import TensorData
+        return (model.to(memory_format=torch.channels_last),
+                TensorData(data.x.contiguous(memory_format=torch.channels_last), data.y))
+    if option == "bf16_autocast":
+        return Autocast(model), data
+    if option == "compile":
+        return torch.compile(model), data
+    raise ValueError(option)
+
+
 def run_baseline(model, loader, loss_fn, steps, reconstruct) -> float:
     """images/s of the usual DataLoader loop (as written in most course notebooks)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -91,6 +116,10 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--data-dir", default=os.environ.get("DATA_DIR", "./data"), help="MNIST root ($DATA_DIR)")
     p.add_argument("--out-dir", type=Path, default=None, help="default report/ (temp dir with --smoke)")
+    p.add_argument("--options", nargs="*", default=["channels_last", "bf16_autocast"],
+                   choices=["channels_last", "bf16_autocast", "compile"],
+                   help="optional speed-ups to measure on our AE loop (default: channels_last bf16_autocast;"
+                        " compile takes minutes to warm up on 2 cores)")
     p.add_argument("--smoke", action="store_true", help="3 steps, 1 repeat, into a temp dir")
     args = p.parse_args(argv)
     if args.smoke:
@@ -126,6 +155,18 @@ def main(argv=None) -> dict:
                          "ours_runs_img_s": ours, "baseline_runs_img_s": base,
                          "train_flops_per_img": flops, "achieved_gflops": gflops,
                          "frac_of_matmul_peak": gflops / peak, "steps": args.steps}
+    # optional speed-ups, measured on the AE with our loop (after the same warm-up step as above)
+    results["ae"]["options_img_s"] = {}
+    for option in args.options:
+        runs = []
+        for r in range(args.repeats):
+            gen = seed_everything(args.seed + r)
+            model, data_opt = with_option(AutoEncoder(), data, option)
+            run_ours(model, data_opt, mean_l1, 1, args.batch_size, True, gen)  # warm-up / compilation
+            runs.append(run_ours(model, data_opt, mean_l1, args.steps, args.batch_size, True, gen))
+        results["ae"]["options_img_s"][option] = statistics.median(runs)
+        print(f"ae with {option}: {results['ae']['options_img_s'][option]:,.0f} img/s "
+              f"(plain: {results['ae']['ours_img_s']:,.0f})")
     results["matmul_gflops"] = peak
     path = write_json_atomic(out / "results" / "bench.json", results)
     print(f"\nfp32 matmul peak on this machine: {peak:.1f} GFLOP/s ({args.threads} threads)")
