@@ -248,3 +248,13 @@ def test_ex2_smoke_writes_results_and_figures(tmp_path):
     assert all("test_acc" in b for b in r["baselines"].values())
     for f in ["ex2_curves.png", "ex2_baselines.png"]:
         assert (tmp_path / "figures" / f).stat().st_size > 10_000
+
+
+def test_collapse_detector_flags_constant_and_black_outputs():
+    import ex1_autoencoder
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(64, 1, 28, 28, generator=g) > 0.85).float()    # sparse "strokes", mean ~0.15
+    assert ex1_autoencoder.is_collapsed(torch.zeros_like(x), x)       # all-black image
+    assert ex1_autoencoder.is_collapsed(x.mean(0, keepdim=True).expand_as(x), x)  # same image for all inputs
+    assert not ex1_autoencoder.is_collapsed(x, x)                      # perfect reconstruction
+    assert not ex1_autoencoder.is_collapsed((x * 0.9 + 0.05), x)       # faithful but imperfect
