@@ -1,0 +1,372 @@
+"""Class Activation Maps (Zhou et al., CVPR 2016) on Imagenette: data, model, CAM / Grad-CAM, figures.
+
+Pieces (used by lab_cam.py and tests/test_cam.py):
+    load_imagenette     - the official train/val split decoded once into a uint8 tensor (N, 3, S, S)
+    random_resized_crop - batched random-resized-crop + horizontal flip on tensors (one grid_sample)
+    center_crop         - the validation crop
+    CamCNN              - LAB01 ex 1.3 configurable CNN (conv -> BN -> ReLU -> Dropout -> MaxPool blocks)
+                          ending, as CAM needs, in conv -> global average pooling -> Linear(num_classes)
+    class_activation_maps / generate_cam / grad_cam - the maps
+    save_cam_visualization / cam_overview_figure    - original | CAM | overlay figures
+
+CAM in one line (Zhou et al. 2016, Eq. 1-2): with f_k(x, y) the k-th feature map of the last conv
+layer and w_k^c the weight of the linear layer from unit k to class c, the class score is
+    S_c = sum_k w_k^c * mean_{x,y} f_k(x, y) + b_c = mean_{x,y} M_c(x, y) + b_c,
+    M_c(x, y) = sum_k w_k^c f_k(x, y),
+so M_c says how much each location contributes to the logit of class c.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .data import DataUnavailableError, TensorData, missing_data_message
+
+# Official Imagenette order: folder WordNet ids sorted, as torchvision.datasets.Imagenette/ImageFolder.
+IMAGENETTE_CLASSES = {
+    "n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player",
+    "n03000684": "chain saw", "n03028079": "church", "n03394916": "French horn",
+    "n03417042": "garbage truck", "n03425413": "gas pump", "n03445777": "golf ball",
+    "n03888257": "parachute",
+}
+IMAGENETTE_DIR = "imagenette2-160"
+# ImageNet RGB statistics of pixels in [0, 1]: the usual input normalisation for ImageNet subsets.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ----------------------------------------------------------------------------- data
+def imagenette_root(data_dir: str | Path) -> Path:
+    return Path(data_dir).expanduser() / IMAGENETTE_DIR
+
+
+def _decode_resize(paths: list[str], size: int) -> torch.Tensor:
+    """JPEG files -> (n, 3, size, size) uint8: shorter side resized to `size` (antialiased), centre crop.
+
+    Decoded with Pillow (torchvision.io's decoders are deprecated since torchvision 0.29; on these files
+    both give bit-identical pixels). Images of one shape are resized as one batch (torchvision's
+    uint8 AVX path is much faster than per-image calls); the 160 px Imagenette files are all
+    160 x 160, so this is normally a single call.
+    """
+    from PIL import Image
+    from torchvision.transforms.v2.functional import center_crop as tv_center_crop
+    from torchvision.transforms.v2.functional import resize
+
+    imgs = []
+    for p in paths:
+        with Image.open(p) as im:
+            imgs.append(np.asarray(im.convert("RGB")))                     # (h, w, 3) uint8
+    out = torch.empty(len(imgs), 3, size, size, dtype=torch.uint8)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, img in enumerate(imgs):
+        by_shape.setdefault(img.shape, []).append(i)
+    for (h, w, _), idx in by_shape.items():
+        batch = torch.from_numpy(np.stack([imgs[i] for i in idx])).permute(0, 3, 1, 2)  # (n, 3, h, w)
+        if min(h, w) != size:
+            batch = resize(batch, [size], antialias=True)                   # shorter side -> size
+        out[idx] = tv_center_crop(batch, [size, size])                      # no-op when square
+    return out
+
+
+def load_imagenette(data_dir: str | Path, split: str, size: int = 96,
+                    per_class: int | None = None) -> tuple[TensorData, list[str], list[str]]:
+    """Imagenette v2 (160 px) `split` as tensors: x (N, 3, size, size) uint8, y (N,) int64.
+
+    Returns (data, wnids, class_names). Classes are the sorted folder WordNet ids (the official order,
+    tench ... parachute), as torchvision.datasets.Imagenette / ImageFolder number them. Every image is
+    decoded once and kept as uint8 (4x smaller than float32: the 9469 train images at 96 px are
+    262 MB), so an epoch never touches a JPEG again. `per_class` keeps only the first n files of each
+    class (for --smoke and the tests).
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    root = imagenette_root(data_dir)
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise DataUnavailableError(missing_data_message("Imagenette (imagenette2-160)", root))
+    wnids, wnid_to_idx = find_classes(str(split_dir))  # sorted folder names
+    samples = make_dataset(str(split_dir), wnid_to_idx, extensions=IMG_EXTENSIONS)  # sorted by class
+    if per_class is not None:
+        seen: dict[int, int] = {}
+        kept = []
+        for path, label in samples:
+            seen[label] = seen.get(label, 0) + 1
+            if seen[label] <= per_class:
+                kept.append((path, label))
+        samples = kept
+    chunk = 512  # bounds the memory of decoded-but-not-yet-resized images
+    x = torch.cat([_decode_resize([p for p, _ in samples[i:i + chunk]], size)
+                   for i in range(0, len(samples), chunk)])                # (N, 3, S, S) uint8
+    y = torch.tensor([label for _, label in samples], dtype=torch.long)   # (N,)
+    names = [IMAGENETTE_CLASSES.get(w, w) for w in wnids]
+    return TensorData(x, y), wnids, names
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 -> float32 in [0, 1]; float input is returned as is."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
+def random_resized_crop(x: torch.Tensor, gen: torch.Generator, out_size: int,
+                        scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3), flip: bool = True) -> torch.Tensor:
+    """Batched RandomResizedCrop + RandomHorizontalFlip (Szegedy et al. 2015 style) on tensors.
+
+    x: (B, 3, S, S) uint8 or float. Each image gets a crop of area fraction ~U(scale) of the image and
+    aspect ratio log-uniform in `ratio`, at a random position, resampled bilinearly to out_size, and a
+    mirror with probability 1/2. All of it is one affine map per image (F.affine_grid works in
+    normalised coordinates [-1, 1], where a crop of relative width w centred at c is x -> w x + c), so
+    the whole batch is one grid_sample instead of B PIL calls. Returns (B, 3, out, out) float in [0, 1].
+    Random numbers come from `gen` (CPU) so runs stay reproducible.
+    """
+    b = x.shape[0]
+    r = torch.rand(b, 5, generator=gen)                                          # (B, 5) in [0, 1)
+    area = scale[0] + (scale[1] - scale[0]) * r[:, 0]                             # (B,)
+    log_ratio = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * r[:, 1]
+    aspect = log_ratio.exp()                                                      # width / height
+    w = (area * aspect).sqrt().clamp(max=1.0)                                     # relative crop width
+    h = (area / aspect).sqrt().clamp(max=1.0)                                     # relative crop height
+    cx = (1 - w) * (2 * r[:, 2] - 1)                                              # centre keeps crop inside
+    cy = (1 - h) * (2 * r[:, 3] - 1)
+    sign = torch.where(r[:, 4] < 0.5, -1.0, 1.0) if flip else torch.ones(b)       # -1: mirror x
+    zero = torch.zeros(b)
+    theta = torch.stack([torch.stack([w * sign, zero, cx], 1),
+                         torch.stack([zero, h, cy], 1)], 1).to(x.device)          # (B, 2, 3)
+    grid = F.affine_grid(theta, [b, x.shape[1], out_size, out_size], align_corners=False)
+    return F.grid_sample(to_float(x), grid, mode="bilinear", padding_mode="reflection",
+                         align_corners=False)                                     # (B, 3, out, out)
+
+
+def center_crop(x: torch.Tensor, out_size: int) -> torch.Tensor:
+    """Central out_size x out_size window of (N, C, S, S) (the validation view; no resampling)."""
+    s = x.shape[-1]
+    if out_size > s:
+        raise ValueError(f"cannot centre-crop {out_size} px out of {s} px images")
+    top = (s - out_size) // 2
+    return x[..., top:top + out_size, top:top + out_size].contiguous()
+
+
+# ----------------------------------------------------------------------------- model
+class CamCNN(nn.Module):
+    """LAB01 ex 1.3 configurable CNN with a CAM head.
+
+        input (B, 3, H, W) uint8 or float in [0, 1] -> ImageNet normalisation
+        for c in channels:  conv3x3(c) -> BatchNorm -> ReLU -> Dropout(p) -> MaxPool2x2   (H, W halve)
+        CAM layer:          conv3x3(cam_channels) -> BatchNorm -> ReLU   = f_k(x, y), (B, K, H/2^n, W/2^n)
+        GAP:                mean over (x, y)                              (B, K)
+        fc:                 Linear(K, num_classes)                        (B, num_classes) logits
+
+    The CAM layer is not pooled, so the maps keep 1/2^n of the input resolution (n = len(channels);
+    Zhou et al. likewise cut the networks so the last maps are 14 x 14 for 224 px inputs). Nothing
+    follows the GAP but one linear layer: that is what makes M_c = sum_k w_k^c f_k exact (module doc).
+    """
+
+    def __init__(self, channels=(32, 64, 128, 256), cam_channels: int = 512, num_classes: int = 10,
+                 dropout: float = 0.0, in_channels: int = 3):
+        super().__init__()
+        self.config = dict(kind="CamCNN", channels=list(channels), cam_channels=cam_channels,
+                           num_classes=num_classes, dropout=dropout, in_channels=in_channels)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, -1, 1, 1), persistent=False)
+        layers, c_in = [], in_channels
+        for c in channels:
+            # bias=False: BatchNorm's shift makes a conv bias redundant.
+            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                       nn.Dropout(dropout), nn.MaxPool2d(2)]
+            c_in = c
+        self.blocks = nn.Sequential(*layers)
+        self.cam_layer = nn.Sequential(nn.Conv2d(c_in, cam_channels, 3, padding=1, bias=False),
+                                       nn.BatchNorm2d(cam_channels), nn.ReLU(inplace=True))
+        self.fc = nn.Linear(cam_channels, num_classes)
+        self.downsample = 2 ** len(channels)  # input size / feature-map size
+        self.train_bf16 = False                # a run-time choice, not part of the architecture
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (to_float(x) - self.mean) / self.std
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last conv feature maps f_k(x, y): (B, K, H/2^n, W/2^n), non-negative (after ReLU)."""
+        x = self.normalise(x).contiguous(memory_format=torch.channels_last)  # NHWC: faster oneDNN convs
+        return self.cam_layer(self.blocks(x))
+
+    def head(self, f: torch.Tensor) -> torch.Tensor:
+        return self.fc(f.mean(dim=(2, 3)))  # GAP (B, K) -> logits (B, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Optional bfloat16 autocast for *training* steps only (set model.train_bf16 = True): oneDNN's
+        # AVX512-BF16 convolutions are ~1.5x faster on CPU; evaluation and CAMs stay in float32, so
+        # every reported number and map comes from the exact float32 network.
+        bf16 = self.training and self.train_bf16
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = self.head(self.features(x))  # (B, num_classes)
+        return out.float() if bf16 else out     # the loss in float32
+
+
+# ----------------------------------------------------------------------------- CAM / Grad-CAM
+def class_activation_maps(model: CamCNN, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Un-normalised CAMs of every class and the logits: ((B, C, h, w), (B, C)).
+
+    M_c(x, y) = sum_k w_k^c f_k(x, y) (Zhou et al. 2016, Eq. 2), at feature-map resolution. The bias is
+    not part of M_c: mean_{x,y} M_c + b_c equals the logit exactly (tested).
+    """
+    f = model.features(x)                                        # (B, K, h, w)
+    cams = torch.einsum("ck,bkhw->bchw", model.fc.weight, f)     # (B, C, h, w)
+    return cams, model.head(f)
+
+
+def normalise_map(m: torch.Tensor) -> torch.Tensor:
+    """Min-max scale a map (..., H, W) to [0, 1] per map (a constant map becomes all zeros)."""
+    flat = m.flatten(-2)
+    lo, hi = flat.min(-1, keepdim=True).values, flat.max(-1, keepdim=True).values
+    return ((flat - lo) / (hi - lo).clamp_min(1e-12)).view_as(m)
+
+
+def upsample(m: torch.Tensor, size) -> torch.Tensor:
+    """(h, w) or (B, h, w) map -> image size, bilinear (as Zhou et al. upsample CAMs to the image)."""
+    squeeze = m.dim() == 2
+    m = m[None] if squeeze else m
+    out = F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return out[0] if squeeze else out
+
+
+@torch.no_grad()
+def generate_cam(model: CamCNN, image: torch.Tensor, class_idx: int | None = None,
+                 normalize: bool = True) -> tuple[torch.Tensor, int, float]:
+    """CAM of one image (3, H, W) -> (cam (H, W), class, confidence).
+
+    class_idx defaults to the predicted class; confidence is the softmax probability of that class.
+    The map M_c is upsampled to the image size and, with normalize=True, min-max scaled to [0, 1].
+    """
+    model.eval()
+    cams, logits = class_activation_maps(model, image[None])     # (1, C, h, w), (1, C)
+    probs = logits.softmax(1)[0]                                  # (C,)
+    c = int(probs.argmax()) if class_idx is None else int(class_idx)
+    cam = upsample(cams[0, c], image.shape[-2:])                  # (H, W)
+    return (normalise_map(cam) if normalize else cam), c, float(probs[c])
+
+
+def grad_cam(model: CamCNN, image: torch.Tensor, class_idx: int | None = None,
+             normalize: bool = True, relu: bool = True) -> tuple[torch.Tensor, int]:
+    """Grad-CAM (Selvaraju et al., ICCV 2017) on the same last feature maps: (map (H, W), class).
+
+    alpha_k^c = mean_{x,y} dS_c/df_k(x, y); L_c = ReLU(sum_k alpha_k^c f_k). With GAP + one linear
+    layer dS_c/df_k(x, y) = w_k^c / (h w), so alpha_k^c = w_k^c / (h w) and, before the ReLU, Grad-CAM
+    is CAM divided by h w: the same map up to scale (and the ReLU clips negative evidence).
+    """
+    model.eval()
+    with torch.enable_grad():
+        f = model.features(image[None]).detach().requires_grad_(True)   # (1, K, h, w)
+        logits = model.head(f)                                           # (1, C)
+        c = int(logits.argmax(1)) if class_idx is None else int(class_idx)
+        (grad,) = torch.autograd.grad(logits[0, c], f)                  # (1, K, h, w)
+    alpha = grad.mean(dim=(2, 3))                                        # (1, K)
+    m = torch.einsum("bk,bkhw->bhw", alpha, f.detach())[0]               # (h, w)
+    if relu:
+        m = m.clamp_min(0)
+    m = upsample(m, image.shape[-2:])
+    return (normalise_map(m) if normalize else m), c
+
+
+# ----------------------------------------------------------------------------- figures
+def _img_np(image: torch.Tensor):
+    return to_float(image).clamp(0, 1).permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
+
+
+def _show_triplet(axes, image, cam, title: str | None = None, cmap: str = "jet", alpha: float = 0.45):
+    """original | CAM | overlay on three axes; returns the CAM image (for a colour bar)."""
+    img = _img_np(image)
+    axes[0].imshow(img)
+    im = axes[1].imshow(cam.cpu().numpy(), cmap=cmap, vmin=0, vmax=1)
+    axes[2].imshow(img)
+    axes[2].imshow(cam.cpu().numpy(), cmap=cmap, vmin=0, vmax=1, alpha=alpha)
+    for ax in axes:
+        ax.set_xticks([]), ax.set_yticks([])
+    if title:
+        axes[0].set_ylabel(title, fontsize=7, rotation=0, ha="right", va="center")
+    return im
+
+
+def save_cam_visualization(image: torch.Tensor, cam: torch.Tensor, true_name: str, pred_name: str,
+                           confidence: float, path: Path, note: str = "") -> Path:
+    """One figure: original | CAM (of the predicted class) | overlay, titled with true/pred/confidence."""
+    from .plots import plt, save
+
+    fig, axes = plt.subplots(1, 3, figsize=(8.4, 3.3), layout="constrained")
+    im = _show_triplet(axes, image, cam)
+    for ax, t in zip(axes, ("original", f"CAM of '{pred_name}'", "overlay")):
+        ax.set_title(t, fontsize=9)
+    fig.colorbar(im, ax=axes.tolist(), fraction=0.03, pad=0.02, label="normalised CAM")
+    mark = "correct" if true_name == pred_name else "WRONG"
+    fig.suptitle(f"true: {true_name} | predicted: {pred_name} ({confidence:.0%}, {mark})"
+                 + (f"\n{note}" if note else ""), fontsize=9)
+    return save(fig, path)
+
+
+def cam_overview_figure(items: list[dict | None], path: Path, title: str,
+                        col_titles: list[str] | None = None) -> Path:
+    """Grid of (original, CAM overlay) pairs, len(col_titles) pairs per row (default 3).
+
+    item: dict(image (3, H, W), cam (H, W) in [0, 1], true, pred, conf), or None for an empty slot.
+    The true class labels each row (rows are meant to hold one class); wrong predictions are red.
+    """
+    from .plots import plt, save
+
+    ncol_pairs = len(col_titles) if col_titles else 3
+    nrow = -(-len(items) // ncol_pairs)
+    fig, axes = plt.subplots(nrow, 2 * ncol_pairs, figsize=(2 * ncol_pairs * 1.45, nrow * 1.75 + 0.9),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+        for side in ax.spines.values():
+            side.set_visible(False)
+    for i, it in enumerate(items):
+        r, c = divmod(i, ncol_pairs)
+        a0, a1 = axes[r][2 * c], axes[r][2 * c + 1]
+        if it is None:
+            a0.text(0.5, 0.5, "none", ha="center", va="center", fontsize=7, transform=a0.transAxes)
+            continue
+        img = _img_np(it["image"])
+        a0.imshow(img)
+        a1.imshow(img)
+        a1.imshow(it["cam"].cpu().numpy(), cmap="jet", vmin=0, vmax=1, alpha=0.45)
+        ok = it["true"] == it["pred"]
+        a0.set_title(f"pred: {it['pred']}", fontsize=6.5, color="k" if ok else "red")
+        a1.set_title(f"p = {it['conf']:.0%}", fontsize=6.5, color="k" if ok else "red")
+        if c == 0:
+            a0.set_ylabel(f"true:\n{it['true']}", fontsize=7.5)
+    fig.subplots_adjust(wspace=0.05, hspace=0.32, top=1 - 0.9 / fig.get_figheight())
+    if col_titles:
+        for c, t in enumerate(col_titles):
+            # a header over each (original, overlay) pair, just above the row titles
+            left, right = axes[0][2 * c].get_position(), axes[0][2 * c + 1].get_position()
+            fig.text((left.x0 + right.x1) / 2, left.y1 + 0.25 / fig.get_figheight(), t, ha="center",
+                     va="bottom", fontsize=8.5, fontweight="bold")
+    fig.suptitle(title, fontsize=10, y=1 - 0.15 / fig.get_figheight(), va="top")
+    return save(fig, path)
+
+
+def cam_vs_gradcam_figure(rows: list[dict], path: Path, title: str) -> Path:
+    """Per row: original | CAM | Grad-CAM | |difference|; row item: image, cam, gradcam, label."""
+    from .plots import plt, save
+
+    fig, axes = plt.subplots(len(rows), 4, figsize=(8.6, 2.2 * len(rows) + 0.5), squeeze=False,
+                             layout="constrained")
+    for r, it in enumerate(rows):
+        a = axes[r]
+        a[0].imshow(_img_np(it["image"]))
+        im = a[1].imshow(it["cam"].numpy(), cmap="jet", vmin=0, vmax=1)
+        a[2].imshow(it["gradcam"].numpy(), cmap="jet", vmin=0, vmax=1)
+        a[3].imshow((it["cam"] - it["gradcam"]).abs().numpy(), cmap="jet", vmin=0, vmax=1)
+        for ax in a:
+            ax.set_xticks([]), ax.set_yticks([])
+        a[0].set_ylabel(it["label"], fontsize=7)
+        if r == 0:
+            for ax, t in zip(a, ("original", "CAM (min-max)", "Grad-CAM (ReLU, min-max)", "|CAM - Grad-CAM|")):
+                ax.set_title(t, fontsize=9)
+    fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02, label="normalised map value")
+    fig.suptitle(title, fontsize=10)
+    return save(fig, path)

@@ -1,0 +1,122 @@
+"""Class Activation Maps (common/cam.py, lab_cam.py): the CAM identities, the data loader, a smoke run."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from common.cam import (CamCNN, center_crop, class_activation_maps, generate_cam, grad_cam, imagenette_root,
+                        load_imagenette, normalise_map, random_resized_crop)
+from common.data import DataUnavailableError
+from conftest import DATA_DIR, load_result, run_script
+
+HAS_IMAGENETTE = (imagenette_root(DATA_DIR) / "val").is_dir()
+needs_imagenette = pytest.mark.skipif(not HAS_IMAGENETTE,
+                                      reason=f"imagenette2-160 not found under {DATA_DIR} (set DATA_DIR)")
+
+OFFICIAL = [("n01440764", "tench"), ("n02102040", "English springer"), ("n02979186", "cassette player"),
+            ("n03000684", "chain saw"), ("n03028079", "church"), ("n03394916", "French horn"),
+            ("n03417042", "garbage truck"), ("n03425413", "gas pump"), ("n03445777", "golf ball"),
+            ("n03888257", "parachute")]
+
+
+@pytest.fixture
+def model_and_input():
+    torch.manual_seed(0)
+    model = CamCNN(channels=(4, 8), cam_channels=6, num_classes=5).double().eval()
+    # Non-trivial BatchNorm statistics and a non-zero bias, so the identities are not satisfied by accident.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    torch.nn.init.uniform_(model.fc.bias, -1, 1)
+    x = torch.rand(3, 3, 24, 32, dtype=torch.float64)  # non-square on purpose: (B, 3, H, W)
+    return model, x
+
+
+def test_cam_is_the_weighted_sum_of_the_last_feature_maps(model_and_input):
+    model, x = model_and_input
+    cams, _ = class_activation_maps(model, x)                  # (B, C, h, w)
+    f = model.features(x)                                      # (B, K, h, w)
+    w = model.fc.weight                                        # (C, K)
+    expected = torch.zeros_like(cams)
+    for c in range(w.shape[0]):                                # M_c(x, y) = sum_k w_k^c f_k(x, y), by hand
+        for k in range(w.shape[1]):
+            expected[:, c] += w[c, k] * f[:, k]
+    assert cams.shape == (3, 5, 24 // 4, 32 // 4)
+    torch.testing.assert_close(cams, expected)
+    # generate_cam: the same map for the predicted class, upsampled to the image size
+    cam, c, conf = generate_cam(model, x[0], normalize=False)
+    probs = model(x[:1]).detach().softmax(1)[0]
+    assert c == int(probs.argmax()) and conf == pytest.approx(float(probs.max()))
+    up = F.interpolate(expected[:1, c:c + 1], size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    torch.testing.assert_close(cam, up)
+    cam_n, _, _ = generate_cam(model, x[0])
+    assert cam_n.shape == x.shape[-2:] and cam_n.min() == 0 and cam_n.max() == pytest.approx(1.0)
+
+
+def test_spatial_mean_of_cam_plus_bias_is_the_logit(model_and_input):
+    model, x = model_and_input
+    cams, _ = class_activation_maps(model, x)
+    logits = model(x)                                          # the ordinary forward pass, (B, C)
+    torch.testing.assert_close(cams.mean(dim=(2, 3)) + model.fc.bias, logits)
+
+
+def test_gradcam_is_cam_up_to_scale_for_a_gap_linear_head(model_and_input):
+    model, x = model_and_input
+    cam, c, _ = generate_cam(model, x[1], normalize=False)
+    gc, c2 = grad_cam(model, x[1], c, normalize=False, relu=False)
+    h, w = (s // model.downsample for s in x.shape[-2:])
+    assert c2 == c
+    torch.testing.assert_close(gc, cam / (h * w))              # alpha_k^c = w_k^c / (h w)
+    gc_n, _ = grad_cam(model, x[1], c)                          # standard: ReLU, min-max
+    torch.testing.assert_close(gc_n, normalise_map(cam.clamp_min(0)))
+
+
+def test_random_resized_crop_full_view_is_identity_or_mirror():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    out = random_resized_crop(x, gen, 16, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=True)
+    xf = x.float() / 255
+    same = [torch.allclose(o, xf[i], atol=1e-5) for i, o in enumerate(out)]
+    mirrored = [torch.allclose(o, xf[i].flip(-1), atol=1e-5) for i, o in enumerate(out)]
+    assert all(s or m for s, m in zip(same, mirrored)) and any(same) and any(mirrored)
+    # random crops: right shape and range, reproducible from the generator
+    a = random_resized_crop(x, torch.Generator().manual_seed(1), 12)
+    b = random_resized_crop(x, torch.Generator().manual_seed(1), 12)
+    assert a.shape == (8, 3, 12, 12) and a.min() >= 0 and a.max() <= 1
+    torch.testing.assert_close(a, b)
+    assert center_crop(x, 10).shape == (8, 3, 10, 10)
+    torch.testing.assert_close(center_crop(x, 10), x[..., 3:13, 3:13])
+
+
+def test_missing_data_raises_a_clear_error(tmp_path):
+    with pytest.raises(DataUnavailableError, match="Imagenette"):
+        load_imagenette(tmp_path, "train")
+
+
+@needs_imagenette
+def test_loader_returns_the_official_classes_in_order():
+    from torchvision.datasets import Imagenette
+
+    data, wnids, names = load_imagenette(DATA_DIR, "val", 32, per_class=1)
+    assert wnids == [w for w, _ in OFFICIAL] and names == [n for _, n in OFFICIAL]
+    assert data.x.shape == (10, 3, 32, 32) and data.x.dtype == torch.uint8
+    assert data.y.tolist() == list(range(10))
+    assert Imagenette(str(DATA_DIR), split="val", size="160px").wnids == wnids  # torchvision agrees
+
+
+@needs_imagenette
+def test_smoke_run(tmp_path):
+    run_script("lab_cam.py", tmp_path, "--gradcam-images", "5", timeout=120)
+    res = load_result(tmp_path, "lab_cam")
+    assert res["classes"] == [n for _, n in OFFICIAL]
+    assert 0.0 <= res["val_acc"] <= 1.0 and len(res["history"]) == 1
+    assert {"train_loss", "train_acc", "test_loss", "test_acc"} <= set(res["history"][0])
+    assert set(res["per_class_val_acc"]) == set(res["classes"])
+    assert res["train_images"] == res["val_images"] == 20
+    assert res["gradcam_comparison"]["pearson_raw_mean"] > 0.999
+    figs = tmp_path / "figures"
+    for name in ("lab_cam_overview.png", "lab_cam_curves.png", "lab_cam_gradcam.png"):
+        assert (figs / name).stat().st_size > 0
+    assert any((figs / "cam").glob("*.png"))
