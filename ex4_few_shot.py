@@ -41,13 +41,13 @@ def get_args(argv=None) -> argparse.Namespace:
 def print_summary(name: str, r: dict) -> None:
     o = r["overfitting"]
     acc, loss = r["final_test_acc"], r["final_test_loss"]
-    print(f" {name:22s} | {100 * acc['mean']:6.2f} +- {100 * acc['std']:4.2f} | {loss['mean']:.3f} +- {loss['std']:.3f}"
+    print(f" {name:22s} | {100 * acc['mean']:6.2f} +- {100 * acc['std']:5.2f} | {loss['mean']:6.3f} +- {loss['std']:5.3f}"
           f" | {o['epoch_min_test_loss']:>5} | {str(o['epoch_train_acc_100']):>5} | {100 * o['final_gap_acc']:5.1f}")
 
 
 def print_header() -> None:
-    print("\n run                    | final test acc %  | test loss       | best  | 100%  | gap %")
-    print(" " + "-" * 86)
+    print(f"\n {'run':22s} | {'final test acc':15s} | {'test loss':15s} | {'best':>5} | {'100%':>5} | gap %")
+    print(" " + "-" * 82)
 
 
 def main(argv=None) -> dict:
