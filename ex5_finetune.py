@@ -9,6 +9,7 @@ Variants (all with the same seeds, optimiser and evaluation as ex4):
   finetune          - the assignment: AE-initialised encoder, everything trained
   frozen_encoder    - beyond the assignment: AE encoder kept fixed, only the MLP trained
   finetune_augment  - beyond the assignment: finetune + random shifts (<=2 px) / rotations (<=10 deg)
+  frozen_augment    - beyond the assignment: frozen AE encoder + the same augmentation
 
     python ex5_finetune.py            # full run: report/figures/ex5_*.png, ex45_compare.png, results/ex5.json
     python ex5_finetune.py --smoke    # seconds, into a temp dir
@@ -32,6 +33,7 @@ VARIANTS = {  # name -> (encoder from the AE?, freeze it?, augment?, label)
     "finetune": (True, False, False, "ex5: AE encoder, fine-tuned"),
     "frozen_encoder": (True, True, False, "beyond: AE encoder frozen"),
     "finetune_augment": (True, False, True, "beyond: fine-tuned + augmentation"),
+    "frozen_augment": (True, True, True, "beyond: frozen + augmentation"),
 }
 
 
