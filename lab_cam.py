@@ -39,7 +39,7 @@ WRONG_REASON_MIN_CONF = 0.5  # a 'right for the wrong reason' candidate must be 
 
 def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p, epochs=10, batch_size=128, lr=4e-3)
+    add_common_args(p, epochs=20, batch_size=128, lr=4e-3)
     p.add_argument("--channels", type=positive_int, nargs="+", default=[32, 64, 128, 256],
                    help="conv channels of the conv-BN-ReLU-Dropout-MaxPool blocks (default 32 64 128 256)")
     p.add_argument("--cam-channels", type=positive_int, default=512,
