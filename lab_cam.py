@@ -191,6 +191,8 @@ def main(argv=None) -> dict:
     share = border_share(cams)
     picks = pick_examples(val.y, pred, conf, share, len(names))
     cam_dir = fig_dir / "cam"
+    for old in cam_dir.glob("*_val*.png"):  # picks change between runs: never leave a stale one behind
+        old.unlink()
     notes = {"correct": "most confident correct prediction of the class",
              "wrong_reason_candidate": "confident & correct, most CAM mass in the border: 'right for "
                                        "the wrong reason'?",
