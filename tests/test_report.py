@@ -31,7 +31,7 @@ PRACTICAL_HEADINGS = [
 ]
 FIGURES = ["ex1_reconstructions.png", "ex1_loss.png", "ex2_curves.png", "ex2_baselines.png", "ex3_digits.png",
            "ex3_tsne.png", "ex4_curves.png", "ex45_compare.png", "lab_dbvae_groups.png", "lab_cam_overview.png",
-           "lab_cam_curves.png"]
+           "lab_cam_curves.png", "lab_cam_gradcam.png"]
 
 
 def _build_module():
@@ -101,10 +101,11 @@ def synthetic_results(d):
                       "standard": {"group_acc": {"LF": 0.9, "LM": 0.95, "DF": 0.7, "DM": 0.8},
                                    "group_acc_stats": {"LF": ms(0.9, 0.01), "LM": ms(0.95, 0.01),
                                                        "DF": ms(0.7, 0.05), "DM": ms(0.8, 0.02)},
-                                   "group_var": 0.008, "group_var_stats": ms(0.008, 0.001), "overall_acc": 0.93,
+                                   # variances in percent^2, as lab_dbvae.py writes them
+                                   "group_var": 80.0, "group_var_stats": ms(80.0, 10.0), "overall_acc": 0.93,
                                    "mit_group_acc": {"LF": 0.8, "LM": 0.85, "DF": 0.6, "DM": 0.7}},
                       # the simpler form: plain numbers only
-                      "dbvae": {"group_acc": {"LF": 0.92, "LM": 0.94, "DF": 0.88, "DM": 0.9}, "group_var": 0.0005,
+                      "dbvae": {"group_acc": {"LF": 0.92, "LM": 0.94, "DF": 0.88, "DM": 0.9}, "group_var": 5.0,
                                 "overall_acc": 0.935},
                       "goal": {"met": True, "definition": "variance halved"}},
         "lab_cam": {"val_acc": 0.81, "history": _hist(2), "classes": ["tench", "English springer", "cassette player"]},
@@ -161,7 +162,7 @@ def test_build_with_full_synthetic_results(tmp_path):
     assert "Result not available yet" not in text and "not run" not in text
     # numbers really come from the JSON files, in both the plain and the {mean, std} form
     for s in ("99.31%", "0.0520", "193,156", "71.00 ± 2.00%", "83.00 ± 1.50%", "88.18%", "81.00%", "2.5×",
-              "70.00 ± 5.00%", "80.00 ± 10.00", "5.00", "93.50%", "is met"):
+              "70.00 ± 5.00%", "80.000 ± 10.000", "5.000", "94% lower", "93.50%", "is met"):
         assert s in text, s
     # ex3's text reads the direction from the numbers (cls is more separated, ae more variable)
     assert "better separated in the classifier" in text

@@ -16,13 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.functional import jacobian
 
-torch.set_default_dtype(torch.float64)  # exact comparisons without float32 round-off noise
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_float64():
+    """float64 for exact comparisons without float32 round-off noise, restored after each test so
+    the rest of the suite keeps torch's float32 default."""
     torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
     yield
+    torch.set_default_dtype(previous)
 
 
 def circ_conv1d(x, w):
