@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from common.data import DataUnavailableError, missing_data_message
-from common.dbvae import (DBVAE, StandardCNN, decode_images, evaluate, latent_means, load_h5,
+from common.data import DataUnavailableError, decode_images, missing_data_message
+from common.dbvae import (DBVAE, IMAGE_SHAPE, StandardCNN, evaluate, latent_means, load_h5,
                           parse_utkface_name, sampling_probabilities, to_float, train_epoch)
 from common.models import count_parameters
 from common.train import CheckpointMismatchError, load_checkpoint, save_checkpoint
@@ -150,7 +150,7 @@ def load_data(args) -> dict:
     total = sum(len(v) for v in lists.values())
     t0 = time.perf_counter()
     bar = tqdm(total=total, desc="decode images", unit="img", mininterval=1.0, dynamic_ncols=True, leave=False)
-    data = {k: decode_images(v, bar=bar) for k, v in lists.items()}
+    data = {k: decode_images(v, IMAGE_SHAPE[1], bar=bar) for k, v in lists.items()}
     bar.close()
     decode_time = time.perf_counter() - t0
     info = {"decode_time_s": decode_time, "decoded_images": total,

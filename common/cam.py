@@ -20,12 +20,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .data import DataUnavailableError, TensorData, missing_data_message
+from .data import DataUnavailableError, TensorData, decode_images, missing_data_message
 
 # Official Imagenette order: folder WordNet ids sorted, as torchvision.datasets.Imagenette/ImageFolder.
 IMAGENETTE_CLASSES = {
@@ -43,34 +42,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # ----------------------------------------------------------------------------- data
 def imagenette_root(data_dir: str | Path) -> Path:
     return Path(data_dir).expanduser() / IMAGENETTE_DIR
-
-
-def _decode_resize(paths: list[str], size: int) -> torch.Tensor:
-    """JPEG files -> (n, 3, size, size) uint8: shorter side resized to `size` (antialiased), centre crop.
-
-    Decoded with Pillow (torchvision.io's decoders are deprecated since torchvision 0.29; on these files
-    both give bit-identical pixels). Images of one shape are resized as one batch (torchvision's
-    uint8 AVX path is much faster than per-image calls); the 160 px Imagenette files are all
-    160 x 160, so this is normally a single call.
-    """
-    from PIL import Image
-    from torchvision.transforms.v2.functional import center_crop as tv_center_crop
-    from torchvision.transforms.v2.functional import resize
-
-    imgs = []
-    for p in paths:
-        with Image.open(p) as im:
-            imgs.append(np.asarray(im.convert("RGB")))                     # (h, w, 3) uint8
-    out = torch.empty(len(imgs), 3, size, size, dtype=torch.uint8)
-    by_shape: dict[tuple, list[int]] = {}
-    for i, img in enumerate(imgs):
-        by_shape.setdefault(img.shape, []).append(i)
-    for (h, w, _), idx in by_shape.items():
-        batch = torch.from_numpy(np.stack([imgs[i] for i in idx])).permute(0, 3, 1, 2)  # (n, 3, h, w)
-        if min(h, w) != size:
-            batch = resize(batch, [size], antialias=True)                   # shorter side -> size
-        out[idx] = tv_center_crop(batch, [size, size])                      # no-op when square
-    return out
 
 
 def load_imagenette(data_dir: str | Path, split: str, size: int = 96,
@@ -100,7 +71,7 @@ def load_imagenette(data_dir: str | Path, split: str, size: int = 96,
                 kept.append((path, label))
         samples = kept
     chunk = 512  # bounds the memory of decoded-but-not-yet-resized images
-    x = torch.cat([_decode_resize([p for p, _ in samples[i:i + chunk]], size)
+    x = torch.cat([decode_images([p for p, _ in samples[i:i + chunk]], size)
                    for i in range(0, len(samples), chunk)])                # (N, 3, S, S) uint8
     y = torch.tensor([label for _, label in samples], dtype=torch.long)   # (N,)
     names = [IMAGENETTE_CLASSES.get(w, w) for w in wnids]

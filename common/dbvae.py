@@ -42,30 +42,6 @@ def parse_utkface_name(name: str) -> tuple[int, int, int]:
     return int(age), int(gender), int(race)
 
 
-def decode_images(paths: list[Path], size: int = IMAGE_SHAPE[1], bar=None) -> torch.Tensor:
-    """Decode JPEG/PNG files into one uint8 tensor (N, 3, size, size).
-
-    Non-square images are centre-cropped to a square first (no distortion), then resized with
-    antialiasing; images already at `size` are copied as they are. Kept uint8 (12 KB per image) and
-    converted to float per batch, so ~30k images take ~0.4 GB instead of 1.5 GB.
-    """
-    from torchvision.io import ImageReadMode, decode_image, read_file  # lazy: ~1 s import
-    from torchvision.transforms.v2.functional import center_crop, resize
-
-    out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
-    for i, p in enumerate(paths):
-        img = decode_image(read_file(str(p)), mode=ImageReadMode.RGB)  # (3, h, w) uint8
-        h, w = img.shape[1:]
-        if h != w:
-            img = center_crop(img, [min(h, w)])
-        if img.shape[1] != size:
-            img = resize(img, [size, size], antialias=True)
-        out[i] = img
-        if bar is not None:
-            bar.update(1)
-    return out
-
-
 def load_h5(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The lab's train_face.h5: datasets `images` (N, 64, 64, 3) uint8 and `labels` (N, 1) (1 = face).
 
