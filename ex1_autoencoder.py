@@ -11,16 +11,15 @@ Both are trained with the mean-L1 reconstruction loss and compared with a PCA ba
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import torch
 
-from common.data import DataUnavailableError, load_mnist, smoke_slice
+from common.data import load_mnist, smoke_slice
 from common.models import AutoEncoder, count_parameters
 from common.plots import image_rows, plot_curves
-from common.train import CheckpointMismatchError, fit, mean_l1, predict
-from common.utils import (add_common_args, pick_device, positive_int, resolve_output_dirs, run_config,
+from common.train import fit, mean_l1, predict
+from common.utils import (add_common_args, pick_device, positive_int, resolve_output_dirs, run_config, run_main,
                           seed_everything, write_json_atomic)
 
 VARIANTS = {"conv": False, "conv_fc": True}  # name -> use an FC layer at the latent level
@@ -119,7 +118,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (DataUnavailableError, CheckpointMismatchError) as e:
-        sys.exit(f"error: {e}")
+    run_main(main)

@@ -12,14 +12,13 @@ MLP 12 -> 64 -> 10. For comparison the same loop trains three course baselines:
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
-from common.data import DataUnavailableError, load_mnist, random_affine, smoke_slice
+from common.data import load_mnist, random_affine, smoke_slice
 from common.models import Classifier, Lab2CNN, LabMLP, SkipMLP, count_parameters
 from common.plots import plot_curves
-from common.train import CheckpointMismatchError, fit
-from common.utils import (add_common_args, pick_device, positive_int, resolve_output_dirs, run_config,
+from common.train import fit
+from common.utils import (add_common_args, pick_device, positive_int, resolve_output_dirs, run_config, run_main,
                           seed_everything, write_json_atomic)
 
 BASELINES = {"lab2_cnn": Lab2CNN, "lab_mlp": LabMLP, "skip_mlp": SkipMLP}
@@ -88,7 +87,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (DataUnavailableError, CheckpointMismatchError) as e:
-        sys.exit(f"error: {e}")
+    run_main(main)

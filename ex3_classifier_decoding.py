@@ -19,16 +19,15 @@ first with its script's default recipe (and the script says so).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import torch
 
-from common.data import DataUnavailableError, load_mnist, random_affine, smoke_slice
+from common.data import load_mnist, random_affine, smoke_slice
 from common.models import AutoEncoder, Classifier, Decoder, EncoderDecoder
 from common.plots import digit_panels, scatter_panels
-from common.train import CheckpointMismatchError, fit, load_or_train, mean_l1, predict
-from common.utils import (add_common_args, pick_device, positive_int, resolve_output_dirs, run_config,
+from common.train import fit, load_or_train, mean_l1, predict
+from common.utils import (add_common_args, pick_device, positive_int, resolve_output_dirs, run_config, run_main,
                           seed_everything, write_json_atomic)
 
 
@@ -154,7 +153,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (DataUnavailableError, CheckpointMismatchError) as e:
-        sys.exit(f"error: {e}")
+    run_main(main)

@@ -11,15 +11,14 @@ This is the project's main job:  python ex4_few_shot.py   (about a minute on 2 C
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
-from common.data import DataUnavailableError, first_n_subset, load_mnist, smoke_slice
+from common.data import first_n_subset, load_mnist, smoke_slice
 from common.models import Classifier, count_parameters
 from common.plots import plot_curves
 from common.train import fit_seeds
 from common.utils import (add_common_args, fraction, pick_device, positive_int, resolve_output_dirs,
-                          run_config, write_json_atomic)
+                          run_config, run_main, write_json_atomic)
 
 
 def get_args(argv=None) -> argparse.Namespace:
@@ -87,7 +86,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataUnavailableError as e:
-        sys.exit(f"error: {e}")
+    run_main(main)

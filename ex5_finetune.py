@@ -17,15 +17,14 @@ Variants (all with the same seeds, optimiser and evaluation as ex4):
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from functools import partial
 
-from common.data import DataUnavailableError, first_n_subset, load_mnist, random_affine, smoke_slice
+from common.data import first_n_subset, load_mnist, random_affine, smoke_slice
 from common.models import AutoEncoder, Classifier
 from common.plots import plot_curves
-from common.train import CheckpointMismatchError, fit, fit_seeds, load_or_train
-from common.utils import (add_common_args, pick_device, positive_int, resolve_output_dirs, run_config,
+from common.train import fit, fit_seeds, load_or_train
+from common.utils import (add_common_args, pick_device, positive_int, resolve_output_dirs, run_config, run_main,
                           seed_everything, write_json_atomic)
 
 VARIANTS = {  # name -> (encoder from the AE?, freeze it?, augment?, label)
@@ -120,7 +119,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (DataUnavailableError, CheckpointMismatchError) as e:
-        sys.exit(f"error: {e}")
+    run_main(main)

@@ -17,7 +17,6 @@ than the training views because random-resized crops make objects look bigger (T
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from functools import partial
 
@@ -29,9 +28,9 @@ from common.cam import (CamCNN, cam_overview_figure, cam_vs_gradcam_figure, cent
 from common.data import DataUnavailableError, TensorData
 from common.models import count_parameters
 from common.plots import plot_curves
-from common.train import CheckpointMismatchError, fit
+from common.train import fit
 from common.utils import (add_common_args, fraction, pick_device, positive_int, resolve_output_dirs,
-                          run_config, seed_everything, write_json_atomic)
+                          run_config, run_main, seed_everything, write_json_atomic)
 
 SMOKE_PER_CLASS = 2  # --smoke: 2 images x 10 classes = 20 per split
 WRONG_REASON_MIN_CONF = 0.5  # a 'right for the wrong reason' candidate must be at least this confident
@@ -252,7 +251,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (DataUnavailableError, CheckpointMismatchError) as e:
-        sys.exit(f"error: {e}")
+    run_main(main)

@@ -24,7 +24,6 @@ Data ($DATA_DIR, see its README.md):
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -35,9 +34,9 @@ from common.data import DataUnavailableError, decode_images, missing_data_messag
 from common.dbvae import (DBVAE, IMAGE_SHAPE, StandardCNN, evaluate, latent_means, load_h5,
                           parse_utkface_name, sampling_probabilities, to_float, train_epoch)
 from common.models import count_parameters
-from common.train import CheckpointMismatchError, load_checkpoint, save_checkpoint
+from common.train import load_checkpoint, save_checkpoint
 from common.utils import (add_common_args, fraction, mean_std, pick_device, positive_float, positive_int,
-                          resolve_output_dirs, run_config, seed_everything, write_json_atomic)
+                          resolve_output_dirs, run_config, run_main, seed_everything, write_json_atomic)
 
 GROUPS = ["LF", "LM", "DF", "DM"]
 GROUP_NAMES = {"LF": "light female", "LM": "light male", "DF": "dark female", "DM": "dark male"}
@@ -415,7 +414,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (DataUnavailableError, CheckpointMismatchError) as e:
-        sys.exit(f"error: {e}")
+    run_main(main)

@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import DataUnavailableError, load_mnist
+from .data import load_mnist
 from .models import AutoEncoder, Classifier
 from .train import cross_entropy, mean_l1, train_epoch
-from .utils import REPORT_DIR, positive_int, seed_everything, write_json_atomic
+from .utils import REPORT_DIR, positive_int, run_main, seed_everything, write_json_atomic
 
 
 def matmul_gflops(n: int = 1024, seconds: float = 1.0) -> float:
@@ -180,7 +180,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except DataUnavailableError as e:
-        raise SystemExit(f"error: {e}")
+    run_main(main)

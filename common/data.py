@@ -11,10 +11,12 @@ from pathlib import Path
 
 import torch
 
+from .utils import UserError
+
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # of the training pixels in [0, 1]; tested in tests/
 
 
-class DataUnavailableError(RuntimeError):
+class DataUnavailableError(UserError):
     """The data set is not on disk and could not be downloaded."""
 
 

@@ -17,10 +17,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import TensorData, index_batches
-from .utils import mean_std, seed_everything
+from .utils import UserError, mean_std, seed_everything
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(UserError):
     """A checkpoint was saved for another architecture than the model being built."""
 
 

@@ -16,6 +16,19 @@ REPORT_DIR = REPO_ROOT / "report"
 RUNS_DIR = REPO_ROOT / "runs"  # checkpoints; git-ignored
 
 
+# ----------------------------------------------------------------------------- errors / entry point
+class UserError(RuntimeError):
+    """A problem the user can fix (missing data, a foreign checkpoint): reported in one line, no traceback."""
+
+
+def run_main(main) -> None:
+    """The scripts' entry point: run main(); a UserError exits with 'error: ...' and status 1."""
+    try:
+        main()
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 # ----------------------------------------------------------------------------- seeding / device
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return a CPU generator for shuffling.
