@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import tempfile
@@ -53,27 +54,62 @@ def pick_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda requested but CUDA is not available")
+        raise UserError("--device cuda requested but CUDA is not available on this machine (try --device auto)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--device mps requested but MPS is not available on this machine (try --device auto)")
     return torch.device(name)
 
 
 # ----------------------------------------------------------------------------- CLI
+def _number(text: str, kind=float):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a{'n integer' if kind is int else ' number'}, got {text!r}")
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
-    value = int(text)
+    value = _number(text, int)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
+def nonneg_int(text: str) -> int:
+    """A seed or a count that may be 0."""
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
+def nonneg_float(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def learning_rate(text: str) -> float:
+    """A positive, finite learning rate no larger than 1 (larger ones only produce NaN losses here)."""
+    value = positive_float(text)
+    if value > 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def fraction(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
@@ -86,8 +122,8 @@ def add_common_args(parser: argparse.ArgumentParser, *, epochs: int, batch_size:
     g.add_argument("--epochs", type=positive_int, default=epochs, help=f"training epochs (default {epochs})")
     g.add_argument("--batch-size", type=positive_int, default=batch_size,
                    help=f"mini-batch size (default {batch_size})")
-    g.add_argument("--lr", type=positive_float, default=lr, help=f"peak learning rate (default {lr})")
-    g.add_argument("--seed", type=int, default=seed, help=f"random seed (default {seed})")
+    g.add_argument("--lr", type=learning_rate, default=lr, help=f"peak learning rate (default {lr})")
+    g.add_argument("--seed", type=nonneg_int, default=seed, help=f"random seed (default {seed})")
     g.add_argument("--data-dir", default=os.environ.get("DATA_DIR", "./data"),
                    help="dataset root (default: $DATA_DIR, else ./data); downloads there when online")
     g.add_argument("--out-dir", type=Path, default=None,

@@ -1,0 +1,94 @@
+"""Statistics over seeds and paired comparisons, computed with scipy.stats (never by hand).
+
+Every number over seeds is reported as `summarize(values)`:
+    {"mean", "std" (sample, ddof=1), "ci95": [lo, hi] (Student t), "n", "values"}
+and every comparison of two methods run on the *same* seeds as `paired(a, b)`:
+    {"mean_diff" (a - b), "ci95" (t interval of the paired differences), "p_value" (paired t-test),
+     "p_value_permutation" (exact/MC sign-flip test), "n", "diffs", "verdict"}.
+The verdict word is computed here from the interval, so the report never types "higher" or "on par".
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+ALPHA = 0.05
+
+
+def _floats(values) -> np.ndarray:
+    return np.asarray([float(v) for v in values], dtype=np.float64)
+
+
+def summarize(values, confidence: float = 0.95) -> dict:
+    """Mean, sample std, t-based CI of the mean and the raw values (n = 1 gives a degenerate CI)."""
+    x = _floats(values)
+    n = len(x)
+    if n == 0:
+        raise ValueError("summarize() needs at least one value")
+    mean = float(x.mean())
+    std = float(x.std(ddof=1)) if n > 1 else 0.0
+    if n > 1 and std > 0:
+        lo, hi = stats.t.interval(confidence, n - 1, loc=mean, scale=std / math.sqrt(n))
+    else:
+        lo = hi = mean
+    return {"mean": mean, "std": std, "ci95": [float(lo), float(hi)], "n": n, "values": x.tolist()}
+
+
+def sign_flip_p_value(diffs, n_resamples: int = 20000, seed: int = 0) -> float:
+    """Two-sided paired permutation test of mean(diffs) = 0: every sign pattern is equally likely under H0.
+
+    scipy enumerates all 2^n sign patterns when n_resamples >= 2^n (exact test), else samples them.
+    """
+    d = _floats(diffs)
+    if np.all(d == 0):
+        return 1.0
+    res = stats.permutation_test((d,), np.mean, permutation_type="samples", alternative="two-sided",
+                                 n_resamples=n_resamples, rng=np.random.default_rng(seed))
+    return float(res.pvalue)
+
+
+def verdict(lo: float, hi: float, *, higher: str = "higher", lower: str = "lower",
+            same: str = "no significant difference") -> str:
+    """The word for a difference a - b whose 95% CI is [lo, hi]: it must exclude 0 to be a direction."""
+    if lo > 0:
+        return higher
+    if hi < 0:
+        return lower
+    return same
+
+
+def paired(a, b, confidence: float = 0.95, **words) -> dict:
+    """Paired comparison of a and b measured on the same seeds: difference a - b."""
+    a, b = _floats(a), _floats(b)
+    if a.shape != b.shape or len(a) < 2:
+        raise ValueError(f"paired() needs two equally long samples of n >= 2, got {len(a)} and {len(b)}")
+    d = a - b
+    s = summarize(d, confidence)
+    if np.all(d == d[0]):  # constant differences: the t-test is undefined, the CI is the point
+        p = 0.0 if d[0] != 0 else 1.0
+    else:
+        p = float(stats.ttest_rel(a, b).pvalue)
+    lo, hi = s["ci95"]
+    return {"mean_diff": s["mean"], "ci95": [lo, hi], "p_value": p, "test": "paired t-test",
+            "p_value_permutation": sign_flip_p_value(d), "n": len(d), "diffs": d.tolist(),
+            "verdict": verdict(lo, hi, **words)}
+
+
+def bootstrap_ci(diffs, confidence: float = 0.95, n_resamples: int = 10000, seed: int = 0) -> list[float]:
+    """Percentile-BCa bootstrap CI of the mean of `diffs` (scipy.stats.bootstrap)."""
+    d = _floats(diffs)
+    if np.all(d == d[0]):
+        return [float(d[0]), float(d[0])]
+    res = stats.bootstrap((d,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
+                          rng=np.random.default_rng(seed), method="BCa")
+    return [float(res.confidence_interval.low), float(res.confidence_interval.high)]
+
+
+def wilson(k: int, n: int, confidence: float = 0.95) -> dict:
+    """A proportion k/n with its Wilson score interval (good for small n, e.g. 15 faces per group)."""
+    if n <= 0:
+        raise ValueError("wilson() needs n > 0")
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return {"rate": k / n, "k": int(k), "n": int(n), "ci95": [float(ci.low), float(ci.high)]}
