@@ -26,7 +26,7 @@ import torch
 from common.data import load_mnist, random_affine, smoke_slice
 from common.models import AutoEncoder, Classifier, Decoder, EncoderDecoder
 from common.plots import digit_panels, scatter_panels
-from common.train import fit, load_or_train, mean_l1, predict
+from common.train import cross_entropy, fit, fit_recipe, load_or_train, mean_l1, predict
 from common.utils import (add_common_args, pick_device, positive_int, resolve_output_dirs, run_config, run_main,
                           seed_everything, write_json_atomic)
 
@@ -80,20 +80,27 @@ def main(argv=None) -> dict:
         args.epochs, args.pretrain_epochs, args.tsne_n = 1, 1, 200
 
     # ---- prerequisites: the ex2 classifier and the ex1 conv+FC autoencoder (same recipes as ex1/ex2)
+    recipe = dict(epochs=args.pretrain_epochs, lr=3e-3, batch_size=128)  # ex1/ex2 defaults
+
     def pretrain(name, reconstruct, augment=None):
         def run(model):
-            fit(model.to(device), train, test, epochs=args.pretrain_epochs, lr=3e-3, batch_size=128,
-                gen=seed_everything(args.seed), device=device, reconstruct=reconstruct, augment=augment,
-                ckpt_path=runs_dir / f"{name}.pt", desc=f"{name} (prerequisite)")
+            fit(model.to(device), train, test, **recipe, gen=seed_everything(args.seed), device=device,
+                reconstruct=reconstruct, augment=augment, ckpt_path=runs_dir / f"{name}.pt",
+                desc=f"{name} (prerequisite)")
         return run
+
+    def expected(reconstruct, augment=None):  # a reused checkpoint must come from this same recipe
+        return fit_recipe(**recipe, train_size=len(train), loss_fn=mean_l1 if reconstruct else cross_entropy,
+                          augment=augment)
 
     seed_everything(args.seed)
     cls = load_or_train(runs_dir / "ex2_classifier.pt",
                         Classifier(args.latent_dim, args.channels, fc=True, hidden=args.hidden),
-                        pretrain("ex2_classifier", False, random_affine), "the ex2 classifier").to(device)
+                        pretrain("ex2_classifier", False, random_affine), "the ex2 classifier",
+                        expected(False, random_affine)).to(device)
     seed_everything(args.seed)
     ae = load_or_train(runs_dir / "ex1_conv_fc.pt", AutoEncoder(args.latent_dim, args.channels, fc=True),
-                       pretrain("ex1_conv_fc", True), "the ex1 conv+FC autoencoder").to(device)
+                       pretrain("ex1_conv_fc", True), "the ex1 conv+FC autoencoder", expected(True)).to(device)
 
     # ---- train only the decoder on top of the frozen classifier encoder
     gen = seed_everything(args.seed)

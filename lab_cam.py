@@ -29,7 +29,7 @@ from common.data import DataUnavailableError, TensorData
 from common.models import count_parameters
 from common.plots import plot_curves
 from common.train import fit
-from common.utils import (add_common_args, fraction, pick_device, positive_int, resolve_output_dirs,
+from common.utils import (add_common_args, fraction, nonneg_float, pick_device, positive_int, resolve_output_dirs,
                           run_config, run_main, seed_everything, write_json_atomic)
 
 SMOKE_PER_CLASS = 2  # --smoke: 2 images x 10 classes = 20 per split
@@ -56,7 +56,7 @@ def get_args(argv=None) -> argparse.Namespace:
                    help="smallest area fraction of a random-resized crop (default 0.35)")
     p.add_argument("--label-smoothing", type=fraction, default=0.1,
                    help="label smoothing of the cross-entropy (train and val loss; default 0.1)")
-    p.add_argument("--weight-decay", type=float, default=5e-2, help="AdamW weight decay (default 0.05)")
+    p.add_argument("--weight-decay", type=nonneg_float, default=5e-2, help="AdamW weight decay (default 0.05)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                    help="bfloat16 autocast in training steps (evaluation/CAMs stay float32; default on)")
     p.add_argument("--threads", type=positive_int, default=None,
@@ -154,8 +154,9 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
 
     per_class = SMOKE_PER_CLASS if args.smoke else None
-    train, wnids, names = load_imagenette(args.data_dir, "train", args.img_size, per_class)
-    val_full, val_wnids, _ = load_imagenette(args.data_dir, "val", args.img_size, per_class)
+    skipped = {"train": [], "val": []}  # unreadable JPEGs are skipped and counted (data.decode_images)
+    train, wnids, names = load_imagenette(args.data_dir, "train", args.img_size, per_class, skipped["train"])
+    val_full, val_wnids, _ = load_imagenette(args.data_dir, "val", args.img_size, per_class, skipped["val"])
     if val_wnids != wnids:
         raise DataUnavailableError(f"train/val class folders differ: {wnids} vs {val_wnids}")
     val = TensorData(center_crop(val_full.x, args.val_size), val_full.y)  # (N, 3, V, V) uint8
@@ -164,7 +165,9 @@ def main(argv=None) -> dict:
         args.epochs = 1
     print(f"lab_cam: {len(train)} train / {len(val)} val images decoded in {data_time:.1f} s "
           f"(stored {args.img_size} px, train crops {args.train_size} px, val centre {args.val_size} px), "
-          f"device={device}, threads={torch.get_num_threads()}")
+          f"device={device}, threads={torch.get_num_threads()}"
+          + (f"; skipped {len(skipped['train'])} train + {len(skipped['val'])} val unreadable images"
+             if skipped["train"] or skipped["val"] else ""))
 
     gen = seed_everything(args.seed)
     model = CamCNN(args.channels, args.cam_channels, len(wnids), args.dropout).to(device)
@@ -232,6 +235,8 @@ def main(argv=None) -> dict:
         "history": hist, "classes": names, "wnids": wnids,
         "per_class_val_acc": per_class_acc, "confusion_matrix_true_by_pred": confusion,
         "train_images": len(train), "val_images": len(val), "params": count_parameters(model),
+        "skipped_images": {k: len(v) for k, v in skipped.items()},
+        "skipped_files": {k: [str(p) for p in v] for k, v in skipped.items()},
         "feature_map_size": [args.val_size // model.downsample] * 2, "gradcam_comparison": gradcam,
         "examples": examples,
         "mean_epoch_time_s": sum(h["epoch_time_s"] for h in hist) / len(hist),

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from torch import nn
 from .data import load_mnist
 from .models import AutoEncoder, Classifier
 from .train import cross_entropy, mean_l1, train_epoch
-from .utils import REPORT_DIR, positive_int, run_main, seed_everything, write_json_atomic
+from .utils import REPORT_DIR, nonneg_int, positive_int, run_main, seed_everything, smoke_output_dir, write_json_atomic
 
 
 def matmul_gflops(n: int = 1024, seconds: float = 1.0) -> float:
@@ -113,7 +112,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=positive_int, default=128, help="batch size, as ex1/ex2 (default 128)")
     p.add_argument("--threads", type=positive_int, default=torch.get_num_threads(),
                    help=f"torch threads (default {torch.get_num_threads()} on this machine)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
     p.add_argument("--data-dir", default=os.environ.get("DATA_DIR", "./data"), help="MNIST root ($DATA_DIR)")
     p.add_argument("--out-dir", type=Path, default=None, help="default report/ (temp dir with --smoke)")
     p.add_argument("--options", nargs="*", default=["channels_last", "bf16_autocast"],
@@ -124,7 +123,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.smoke:
         args.steps, args.repeats = 3, 1
-    out = args.out_dir or (Path(tempfile.mkdtemp(prefix="smoke_")) if args.smoke else REPORT_DIR)
+    out = args.out_dir or (smoke_output_dir() if args.smoke else REPORT_DIR)
     torch.set_num_threads(args.threads)
 
     from torchvision.datasets import MNIST

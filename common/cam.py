@@ -44,15 +44,16 @@ def imagenette_root(data_dir: str | Path) -> Path:
     return Path(data_dir).expanduser() / IMAGENETTE_DIR
 
 
-def load_imagenette(data_dir: str | Path, split: str, size: int = 96,
-                    per_class: int | None = None) -> tuple[TensorData, list[str], list[str]]:
+def load_imagenette(data_dir: str | Path, split: str, size: int = 96, per_class: int | None = None,
+                    skipped: list | None = None) -> tuple[TensorData, list[str], list[str]]:
     """Imagenette v2 (160 px) `split` as tensors: x (N, 3, size, size) uint8, y (N,) int64.
 
     Returns (data, wnids, class_names). Classes are the sorted folder WordNet ids (the official order,
     tench ... parachute), as torchvision.datasets.Imagenette / ImageFolder number them. Every image is
     decoded once and kept as uint8 (4x smaller than float32: the 9469 train images at 96 px are
     262 MB), so an epoch never touches a JPEG again. `per_class` keeps only the first n files of each
-    class (for --smoke and the tests).
+    class (for --smoke and the tests). With a `skipped` list, unreadable image files are skipped (their
+    paths appended to it, their labels dropped) instead of stopping the run; see data.decode_images.
     """
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
@@ -60,8 +61,13 @@ def load_imagenette(data_dir: str | Path, split: str, size: int = 96,
     split_dir = root / split
     if not split_dir.is_dir():
         raise DataUnavailableError(missing_data_message("Imagenette (imagenette2-160)", root))
-    wnids, wnid_to_idx = find_classes(str(split_dir))  # sorted folder names
-    samples = make_dataset(str(split_dir), wnid_to_idx, extensions=IMG_EXTENSIONS)  # sorted by class
+    try:
+        wnids, wnid_to_idx = find_classes(str(split_dir))  # sorted folder names
+        samples = make_dataset(str(split_dir), wnid_to_idx, extensions=IMG_EXTENSIONS)  # sorted by class
+    except FileNotFoundError as exc:  # no class folder, or a class folder without images
+        raise DataUnavailableError(
+            f"'{split_dir}' has no usable images ({str(exc).splitlines()[0].rstrip('.')}); it should hold "
+            f"one folder per Imagenette class (n01440764 ... n03888257) of JPEG images") from exc
     if per_class is not None:
         seen: dict[int, int] = {}
         kept = []
@@ -71,8 +77,15 @@ def load_imagenette(data_dir: str | Path, split: str, size: int = 96,
                 kept.append((path, label))
         samples = kept
     chunk = 512  # bounds the memory of decoded-but-not-yet-resized images
-    x = torch.cat([decode_images([p for p, _ in samples[i:i + chunk]], size)
+    bad: list | None = [] if skipped is not None else None
+    x = torch.cat([decode_images([p for p, _ in samples[i:i + chunk]], size, skipped=bad)
                    for i in range(0, len(samples), chunk)])                # (N, 3, S, S) uint8
+    if bad:
+        skipped.extend(bad)
+        bad_set = set(bad)
+        samples = [(p, label) for p, label in samples if p not in bad_set]
+        if not samples:
+            raise DataUnavailableError(f"no image under '{split_dir}' could be decoded ({len(bad)} unreadable)")
     y = torch.tensor([label for _, label in samples], dtype=torch.long)   # (N,)
     names = [IMAGENETTE_CLASSES.get(w, w) for w in wnids]
     return TensorData(x, y), wnids, names

@@ -6,6 +6,8 @@ the collation of a DataLoader, which dominate the step time of small models on a
 """
 from __future__ import annotations
 
+import hashlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,31 +18,73 @@ from .utils import UserError
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # of the training pixels in [0, 1]; tested in tests/
 
 
+# SHA-256 of the uncompressed IDX files (as listed in the course data README). A file that is
+# present but differs is corrupted (flipped bytes, truncated copy), which is not the same as missing.
+MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+
+
 class DataUnavailableError(UserError):
     """The data set is not on disk and could not be downloaded."""
 
 
+class DataCorruptedError(DataUnavailableError):
+    """A data file is present but its content is wrong (checksum, labels out of range, undecodable)."""
+
+
+def describe_exception(exc: BaseException) -> str:
+    """'Type: first non-empty line of the message', or just 'Type' (some exceptions carry no text)."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 def missing_data_message(what: str, root: Path, cause: BaseException | None = None) -> str:
-    why = f" ({type(cause).__name__}: {str(cause).splitlines()[0]})" if cause else ""
-    return (f"{what} not found under '{root}' and it could not be downloaded{why}.\n"
+    """One line (run_main prints it after 'error: '), saying where to point the scripts."""
+    why = f" ({describe_exception(cause)})" if cause is not None else ""
+    return (f"{what} not found under '{root}' and it could not be downloaded{why}. "
             f"Point the scripts at a copy: set DATA_DIR=/path/to/data or pass --data-dir /path/to/data "
-            f"(in this course's sandbox: DATA_DIR=../shared/data).")
+            f"(in this course's sandbox, from the repository root: DATA_DIR=../shared/data).")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_mnist_files(raw: Path, names) -> None:
+    """Raise DataCorruptedError for the first of `names` in `raw` whose SHA-256 is not the known one."""
+    for name in names:
+        path = raw / name
+        got = sha256_file(path)
+        if got != MNIST_SHA256[name]:
+            raise DataCorruptedError(
+                f"corrupted: {path}, expected sha256 {MNIST_SHA256[name]}, got {got} "
+                f"({path.stat().st_size:,} bytes); delete it and download MNIST again, or point "
+                f"--data-dir / DATA_DIR at an intact copy")
+
 
 
 @dataclass
 class TensorData:
-    """Images (N, C, H, W) float32 in [0, 1] and integer labels (N,)."""
+    """Images (N, C, H, W) float32 in [0, 1], integer labels (N,) and, for a subset, the indices (N,)
+    of its examples in the full data set it was taken from (so a script can record what it trained on)."""
     x: torch.Tensor
     y: torch.Tensor
+    index: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.y)
 
     def subset(self, idx: torch.Tensor) -> "TensorData":
-        return TensorData(self.x[idx], self.y[idx])
-
-    def to(self, device) -> "TensorData":
-        return TensorData(self.x.to(device), self.y.to(device))
+        source = self.index[idx] if self.index is not None else idx  # compose: indices into the original
+        return TensorData(self.x[idx], self.y[idx], source)
 
 
 def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> TensorData:
@@ -48,10 +92,33 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> Tens
     from torchvision.datasets import MNIST  # lazy: importing torchvision costs ~1 s
 
     root = Path(data_dir).expanduser()
+    raw = root / "MNIST" / "raw"
+    split = [n for n in MNIST_SHA256 if n.startswith("train" if train else "t10k")]
+    if not all((raw / n).is_file() for n in MNIST_SHA256):  # torchvision needs all four to skip downloading
+        if not download:
+            raise DataUnavailableError(missing_data_message("MNIST", root))
+        # MNIST(download=True) creates <root>/MNIST/raw before it fails offline: remove what it created,
+        # so a failed load leaves the data dir as it was.
+        created = next((d for d in (root, root / "MNIST", raw) if not d.exists()), None)
+        try:
+            MNIST(root=str(root), train=train, download=True)
+        except Exception as exc:  # torchvision raises RuntimeError/URLError variants when offline
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            raise DataUnavailableError(missing_data_message("MNIST", root, exc)) from exc
+    verify_mnist_files(raw, split)  # before parsing: a damaged header must not become a parser traceback
     try:
-        ds = MNIST(root=str(root), train=train, download=download)
-    except Exception as exc:  # torchvision raises RuntimeError/URLError variants when offline
-        raise DataUnavailableError(missing_data_message("MNIST", root, exc)) from exc
+        ds = MNIST(root=str(root), train=train, download=False)
+    except Exception as exc:  # only reachable with files that pass the checksum but torchvision rejects
+        raise DataCorruptedError(f"could not read MNIST from {raw} ({describe_exception(exc)})") from exc
+    if len(ds.data) != len(ds.targets) or ds.data.shape[1:] != (28, 28):
+        raise DataCorruptedError(f"corrupted: {raw / split[0]}: {tuple(ds.data.shape)} images for "
+                                 f"{len(ds.targets)} labels")
+    bad = (ds.targets < 0) | (ds.targets > 9)
+    if bad.any():  # a label outside 0..9 would surface mid-training as a cross-entropy IndexError
+        i = int(bad.nonzero()[0])
+        raise DataCorruptedError(f"corrupted: {raw / split[1]}: label {int(ds.targets[i])} at index {i} "
+                                 f"is outside 0..9")
     x = ds.data.unsqueeze(1).float().div_(255.0)  # (N, 1, 28, 28); uint8 -> [0, 1] once
     return TensorData(x, ds.targets.long())
 
@@ -71,7 +138,8 @@ def first_n_subset(dataset, n: int):
 
 
 def smoke_slice(data: TensorData, n: int) -> TensorData:
-    """A class-balanced-ish tiny slice for --smoke runs: the first n examples."""
+    """A tiny slice for --smoke runs: the first n examples (not class-balanced; smoke runs only check
+    that a script runs end to end)."""
     return data.subset(torch.arange(min(n, len(data))))
 
 
@@ -100,24 +168,60 @@ def random_affine(x: torch.Tensor, gen: torch.Generator, max_shift: float = 2.0,
     return torch.nn.functional.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
 
 
-def decode_images(paths, size: int, bar=None) -> torch.Tensor:
+class ImageDecodeError(DataCorruptedError):
+    """An image file that Pillow cannot decode (corrupt, truncated, not an image)."""
+
+
+def require_images(folder: str | Path, pattern: str, what: str) -> list[Path]:
+    """The files in `folder` matching `pattern`, sorted; a missing folder or one without a match stops
+    the run with one line naming the folder and what it should hold (`what`, e.g. "UTKFace face
+    photos named age_gender_race_date.jpg.chip.jpg")."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataUnavailableError(missing_data_message(what, folder))
+    files = sorted(folder.glob(pattern))
+    if not files:
+        raise DataUnavailableError(f"'{folder}' holds no {pattern} files; it should hold {what}. Point "
+                                   f"--data-dir / DATA_DIR at a complete copy of the data")
+    return files
+
+
+def decode_images(paths, size: int, bar=None, skipped: list | None = None) -> torch.Tensor:
     """Image files (JPEG/PNG) -> one uint8 tensor (N, 3, size, size), for the labs' photo data sets.
 
     Shorter side resized to `size` (antialiased), then a centre crop: no distortion. Decoded with Pillow
     (torchvision.io's decoders are deprecated since torchvision 0.29). Images of one shape are resized as
     one batch, which uses torchvision's fast uint8 path; square inputs already at `size` are copied.
     Kept uint8 (12 KB per 64x64 image) and converted to float per batch.
+
+    Unreadable files (corrupt, truncated, not an image) are skipped and counted, never a traceback:
+    with a `skipped` list, their paths are appended to it, one line says how many were skipped, and the
+    tensor holds only the decodable images, in order (N = len(paths) - number skipped; the caller drops
+    the labels of the skipped paths and records the count in its results). Without `skipped` the caller
+    cannot re-align its labels, so the first unreadable file stops the run (ImageDecodeError, one line
+    naming the file).
     """
     import numpy as np
     from PIL import Image
     from torchvision.transforms.v2.functional import center_crop, resize
 
-    imgs = []
-    for p in paths:
-        with Image.open(p) as im:
-            imgs.append(np.asarray(im.convert("RGB")))                     # (h, w, 3) uint8
+    imgs, bad, n = [], [], 0
+    for n, p in enumerate(paths, 1):
+        try:
+            with Image.open(p) as im:
+                imgs.append(np.asarray(im.convert("RGB")))                 # (h, w, 3) uint8
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            # UnidentifiedImageError and "image file is truncated" are OSErrors
+            if skipped is None:
+                raise ImageDecodeError(f"corrupted image: {p} ({describe_exception(exc)}); delete or "
+                                       f"replace it") from exc
+            bad.append((p, exc))
         if bar is not None:
             bar.update(1)
+    if bad:
+        skipped.extend(p for p, _ in bad)
+        print(f"warning: skipped {len(bad)} unreadable image(s) of {n}, first {bad[0][0]} "
+              f"({describe_exception(bad[0][1])})")
     out = torch.empty(len(imgs), 3, size, size, dtype=torch.uint8)
     by_shape: dict[tuple, list[int]] = {}
     for i, img in enumerate(imgs):

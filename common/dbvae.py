@@ -11,12 +11,18 @@ Contents (used by lab_dbvae.py and tests/test_dbvae.py):
     losses  - KL latent loss, mean-L1 reconstruction, the per-example DB-VAE loss
     sampling- the adaptive resampling probabilities (paper Algorithm 1 / the lab's version)
     loop    - batch drawing, one training epoch, evaluation
+    lab     - code of lab_dbvae.py's experiment (issue 11): the UTKFace/Imagenette split, the random
+              shift/zoom/rotation augmentation and the fixed jittered test copy, the batch sampler and loss
+              callables of the training loop, the metrics (99 %-rejection threshold, AUC, group variance,
+              dark gap), the paired seed comparison, the results dict and the figures
 
 Image sizes are 64x64 RGB as in the lab; every layer size below is derived from IMAGE_SHAPE.
 """
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -231,44 +237,99 @@ def sampling_probabilities(mu: torch.Tensor, bins: int = 10, alpha: float = 1e-3
 
 
 # ============================================================================ training loop
+# The loop is "a batch sampler + a loss callable" (issue 14), the shape common.train.fit could take later:
+#   for x, y in FaceBatches(...):  loss, logit = loss_fn(model, x, y);  loss.backward(); opt.step()
 def epoch_batches(n_faces: int, n_neg: int, batch_size: int, gen: torch.Generator,
-                  p_faces: torch.Tensor | None = None):
+                  p_faces: torch.Tensor | None = None, neg_gen: torch.Generator | None = None):
     """Index pairs (face_idx, neg_idx) for one epoch, as the lab's get_batch: each batch is half faces,
     half non-faces; one epoch = n_faces // (batch_size // 2) batches (every face drawn once on average).
 
     Faces: a shuffled pass (randperm) when p_faces is None (standard CNN), else drawn from p_faces
-    with replacement (DB-VAE). Non-faces: uniform, shuffled passes (index_batches), repeated as needed.
+    with replacement (DB-VAE). Non-faces: uniform, shuffled passes (index_batches), repeated as needed,
+    drawn from `neg_gen` (default `gen`): with its own generator the non-face order is the same for both
+    models of a seed whatever the face draws consume.
     """
+    neg_gen = gen if neg_gen is None else neg_gen
     half = batch_size // 2
     steps = max(1, n_faces // half)
     if p_faces is None:
         face_order = torch.cat([torch.randperm(n_faces, generator=gen) for _ in range(-(-steps * half // n_faces))])
     else:
         face_order = torch.multinomial(p_faces.float(), steps * half, replacement=True, generator=gen)
-    neg_order = torch.cat([torch.cat(list(index_batches(n_neg, n_neg, gen)))
+    neg_order = torch.cat([torch.cat(list(index_batches(n_neg, n_neg, neg_gen)))
                            for _ in range(-(-steps * half // n_neg))])
     for s in range(steps):
         yield face_order[s * half:(s + 1) * half], neg_order[s * half:(s + 1) * half]
 
 
-def train_epoch(model: nn.Module, faces: torch.Tensor, negs: torch.Tensor, opt: torch.optim.Optimizer,
-                batch_size: int, gen: torch.Generator, device, *, p_faces: torch.Tensor | None = None,
-                kl_weight: float = 5e-4, bar=None) -> dict:
-    """One epoch. faces (Nf, 3, H, W) and negs (Nn, 3, H, W) uint8. Standard CNN: BCE; DB-VAE: dbvae_loss.
-    Returns the mean loss and the training accuracy on the drawn batches (diagnostic only)."""
+class FaceBatches:
+    """The batch sampler: iterating it gives one epoch of (x (B, 3, H, W) float in [0, 1], y (B,) 1 = face).
+
+    faces / negs: uint8 (N, 3, H, W). Three generators derived from `seed` (faces, non-faces,
+    augmentation), so both models of a seed see the same non-faces in the same order with the same
+    augmentation draws; only the face draws differ (uniform passes vs the DB-VAE's p_faces).
+    `p_faces` (Nf,) is set by the DB-VAE before each epoch (Algorithm 1); None = uniform.
+    """
+
+    def __init__(self, faces: torch.Tensor, negs: torch.Tensor, batch_size: int, seed: int, device,
+                 augment: "Augment | None" = None):
+        self.faces, self.negs, self.batch_size, self.device, self.augment = faces, negs, batch_size, device, augment
+        base = torch.Generator().manual_seed(seed)
+        self.face_gen, self.neg_gen, self.aug_gen = (torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=base)))
+                                                     for _ in range(3))
+        self.p_faces: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return max(1, len(self.faces) // (self.batch_size // 2))
+
+    def __iter__(self):
+        for f_idx, n_idx in epoch_batches(len(self.faces), len(self.negs), self.batch_size, self.face_gen,
+                                          self.p_faces, self.neg_gen):
+            x = to_float(torch.cat([self.faces[f_idx], self.negs[n_idx]]), self.device)   # (B, 3, H, W)
+            if self.augment is not None:
+                x = self.augment(x, self.aug_gen)
+            y = torch.cat([torch.ones(len(f_idx)), torch.zeros(len(n_idx))]).to(self.device)  # (B,)
+            yield x, y
+
+
+def classifier_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """The standard CNN's loss callable: mean BCE of the face logit. Returns (loss, logit (B,))."""
+    logit = model(x)[:, 0]
+    return F.binary_cross_entropy_with_logits(logit, y), logit
+
+
+class DBVAELoss:
+    """The DB-VAE's loss callable: dbvae_loss (paper Eq. 5), mean over the batch of
+    BCE + 1[face] * VAE loss. Returns (loss, logit (B,)).
+
+    The decoder runs on the faces only: the face indicator zeroes the non-faces' VAE term, so decoding
+    them (as the lab does) costs time and changes nothing. eps is drawn for the whole batch and then
+    restricted to the faces, so with the same generator the loss equals dbvae_loss(x, y, *model(x))
+    exactly (tested); this halves the decoder's cost, the DB-VAE's largest.
+    """
+
+    def __init__(self, kl_weight: float = 5e-4, generator: torch.Generator | None = None):
+        self.kl_weight, self.generator = kl_weight, generator
+
+    def __call__(self, model: "DBVAE", x: torch.Tensor, y: torch.Tensor):
+        logit, mu, logsigma = model.encode(x)                                # (B,), (B, L), (B, L)
+        face = y == 1                                                        # (B,) indicator
+        eps = torch.randn(mu.shape, generator=self.generator, device=mu.device, dtype=mu.dtype)[face]
+        z = mu[face] + torch.exp(0.5 * logsigma[face]) * eps                 # (Bf, L), reparameterised
+        recon = model.decoder(z)                                             # (Bf, 3, H, W)
+        cls = F.binary_cross_entropy_with_logits(logit, y, reduction="none")  # (B,)
+        vae = vae_loss(x[face], recon, mu[face], logsigma[face], self.kl_weight)  # (Bf,)
+        return (cls.sum() + vae.sum()) / len(y), logit
+
+
+def train_epoch(model: nn.Module, batches, loss_fn: Callable, opt: torch.optim.Optimizer, bar=None) -> dict:
+    """One pass over the sampler `batches` with `loss_fn(model, x, y) -> (loss, logit)`.
+    Returns the mean loss and the training accuracy (logit > 0) on the drawn batches (diagnostic only)."""
     model.train()
-    is_vae = isinstance(model, DBVAE)
     loss_sum = torch.zeros((), dtype=torch.float64)
     correct, seen = 0, 0
-    for f_idx, n_idx in epoch_batches(len(faces), len(negs), batch_size, gen, p_faces):
-        x = to_float(torch.cat([faces[f_idx], negs[n_idx]]), device)              # (B, 3, H, W)
-        y = torch.cat([torch.ones(len(f_idx)), torch.zeros(len(n_idx))]).to(device)  # (B,)
-        if is_vae:
-            logit, mu, logsigma, recon = model(x)
-            loss = dbvae_loss(x, y, logit, mu, logsigma, recon, kl_weight)
-        else:
-            logit = model(x)[:, 0]
-            loss = F.binary_cross_entropy_with_logits(logit, y)
+    for x, y in batches:
+        loss, logit = loss_fn(model, x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -293,16 +354,449 @@ def latent_means(model: DBVAE, x: torch.Tensor, device) -> torch.Tensor:
     return batched(model, x, lambda m, b: m.encode(b)[1], device)
 
 
-def evaluate(model: nn.Module, test_sets: dict[str, tuple[torch.Tensor, float]], device) -> dict:
-    """Accuracy of the face detector per named held-out set: {name: (uint8 images, label 1/0)}.
-    For a face set accuracy = fraction detected (logit > 0, i.e. p(face) > 0.5); for non-faces the
-    fraction rejected. Also the mean p(face) (the lab's MIT-faces metric)."""
-    out = {}
-    for name, (x, label) in test_sets.items():
-        t0 = time.perf_counter()
-        logit = batched(model, x, face_logit, device)          # (N,)
-        pred = (logit > 0).float()
-        out[name] = {"acc": (pred == label).float().mean().item(),
-                     "mean_prob_face": torch.sigmoid(logit).mean().item(), "n": len(x),
-                     "eval_time_s": time.perf_counter() - t0}
+def face_scores(model: nn.Module, x: torch.Tensor, device) -> torch.Tensor:
+    """Face logits (N,) float64 of uint8 images x (N, 3, H, W), eval mode."""
+    return batched(model, x, face_logit, device).double()
+
+
+# ============================================================================ lab code (lab_dbvae.py)
+# Everything below is the experiment of lab_dbvae.py (issue 11), kept here so the script's main() reads
+# load -> train -> evaluate -> figures -> write. Groups: skin tone (UTKFace race 0 White = light,
+# 1 Black = dark; annotator labels, not skin type) x gender.
+GROUPS = ("LF", "LM", "DF", "DM")
+GROUP_NAMES = {"LF": "light female", "LM": "light male", "DF": "dark female", "DM": "dark male"}
+# (race, gender) of each group in UTKFace file names: race 0 White / 1 Black, gender 0 male / 1 female
+GROUP_LABELS = {"LF": (0, 1), "LM": (0, 0), "DF": (1, 1), "DM": (1, 0)}
+LIGHT, DARK = 0, 1
+LIGHT_GROUPS, DARK_GROUPS = ("LF", "LM"), ("DF", "DM")
+# Imagenette classes that show no people (see $DATA_DIR/README.md): the non-faces
+NEG_CLASSES = {"n02979186": "cassette player", "n03028079": "church", "n03417042": "garbage truck",
+               "n03425413": "gas pump", "n03445777": "golf ball", "n03888257": "parachute"}
+# The three models of one seed: the lab's two, and the standard CNN without any dark training face
+MODELS = ("standard", "dbvae", "standard_nodark")
+MODEL_NAMES = {"standard": "standard CNN", "dbvae": "DB-VAE", "standard_nodark": "standard CNN, 0 % dark faces"}
+TEST_SETS = ("aligned", "jittered", "mit")
+TEST_SET_NAMES = {"aligned": "UTKFace held-out, aligned", "jittered": "UTKFace held-out, jittered",
+                  "mit": "MIT 6.S191 test faces"}
+PRIMARY_ENDPOINT = ("group variance (%^2, population variance of 100 x the four group detection rates at the "
+                    "threshold rejecting 99 % of held-out non-faces) on the jittered UTKFace test")
+REJECT = 0.99          # the detection threshold rejects this share of held-out non-faces
+ALPHA_TEST = 0.05      # significance level of the paired comparisons
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random affine per image (callable on a float batch (B, C, H, W) with a CPU generator):
+    shift up to +-max_shift px in x and y, zoom in [zoom_lo, zoom_hi] (> 1 enlarges the content),
+    rotation up to +-max_deg degrees. Bilinear resampling, reflection outside the image (no black frame
+    that a detector could key on). Defaults: the jittered test of issue 11 (+-6 px, 0.85-1.15, +-10 deg)."""
+    max_shift: float = 6.0
+    zoom_lo: float = 0.85
+    zoom_hi: float = 1.15
+    max_deg: float = 10.0
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        b, _, h, w = x.shape
+        u = torch.rand(b, 4, generator=gen, dtype=torch.float64)                  # (B, 4) in [0, 1)
+        theta = (2 * u[:, 0] - 1) * self.max_deg * math.pi / 180                  # (B,) radians
+        zoom = self.zoom_lo + (self.zoom_hi - self.zoom_lo) * u[:, 1]             # (B,)
+        # affine_grid maps output to input coordinates in [-1, 1]: a shift of s px is 2 s / size
+        tx = (2 * u[:, 2] - 1) * 2 * self.max_shift / w
+        ty = (2 * u[:, 3] - 1) * 2 * self.max_shift / h
+        cos, sin = theta.cos() / zoom, theta.sin() / zoom                          # inverse zoom: sample closer
+        mat = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)  # (B, 2, 3)
+        grid = F.affine_grid(mat.to(x.dtype).to(x.device), list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def jittered_copy(x: torch.Tensor, augment: Augment, seed: int, chunk: int = 500) -> torch.Tensor:
+    """A fixed random affine copy of uint8 images x (N, 3, H, W) -> uint8 (N, 3, H, W); same seed, same copy."""
+    gen = torch.Generator().manual_seed(seed)
+    out = [augment(x[i:i + chunk].float().div(255), gen).mul(255).round().clamp(0, 255).to(torch.uint8)
+           for i in range(0, len(x), chunk)]
+    return torch.cat(out) if out else x.clone()
+
+
+def utkface_split(root: Path, *, test_per_group: int, n_light: int, n_dark: int, split_seed: int) -> dict:
+    """File lists: balanced held-out test faces per group (test_per_group each, or as many as there are)
+    and training pools. Returns {"test": {group: [files]}, "light": [n_light + n_dark files],
+    "dark": [n_dark files]}; the extra n_dark light faces replace the dark ones in the 0 %-dark control.
+    Depends only on `split_seed`: every training seed sees the same faces and the same test."""
+    from .data import require_images
+    from .utils import UserError
+    by = {key: [] for key in GROUP_LABELS.values()}
+    # a missing or empty folder stops the run with one line naming it (common.data.require_images)
+    for f in require_images(root, "*.jpg", "UTKFace face photos named age_gender_race_date.jpg.chip.jpg"):
+        _, gender, race = parse_utkface_name(f.name)
+        if (race, gender) in by:
+            by[(race, gender)].append(f)
+    gen = torch.Generator().manual_seed(split_seed)
+    test, rest = {}, {LIGHT: [], DARK: []}
+    for grp, key in GROUP_LABELS.items():
+        pool = [by[key][i] for i in torch.randperm(len(by[key]), generator=gen).tolist()]
+        test[grp], rest[key[0]] = pool[:test_per_group], rest[key[0]] + pool[test_per_group:]
+    for race in rest:  # shuffle the leftovers (light = LF + LM, dark = DF + DM)
+        rest[race] = [rest[race][i] for i in torch.randperm(len(rest[race]), generator=gen).tolist()]
+    if n_light + n_dark > len(rest[LIGHT]) or n_dark > len(rest[DARK]) or min(len(v) for v in test.values()) == 0:
+        raise UserError(f"UTKFace in {root}: asked for {n_light} light + {n_dark} dark training faces (and {n_dark} "
+                        f"more light ones for the control) and test faces of every group; only "
+                        f"{len(rest[LIGHT])} + {len(rest[DARK])} are left after the test split "
+                        f"({', '.join(f'{g} {len(v)}' for g, v in test.items())})")
+    return {"test": test, "light": rest[LIGHT][:n_light + n_dark], "dark": rest[DARK][:n_dark]}
+
+
+def imagenette_files(root: Path, split: str) -> list[Path]:
+    from .data import DataUnavailableError, missing_data_message
+    base = root / "imagenette2-160" / split
+    if not base.is_dir():
+        raise DataUnavailableError(missing_data_message("imagenette2-160", root))
+    return [f for c in sorted(NEG_CLASSES) for f in sorted((base / c).glob("*.JPEG"))]
+
+
+def load_lab_data(data_dir, *, train_faces: int, dark_fraction: float, test_per_group: int, split_seed: int,
+                  jitter_seed: int, augment: Augment, smoke: bool = False, h5: Path | None = None) -> dict:
+    """Decode every image once (uint8) and build the training sets and the three test sets.
+
+    Returns {"train": {model: faces (N, 3, 64, 64)}, "train_negs", "race" (N,) of the skewed set (None with
+    --h5), "tests": {test_set: {"faces": {group: x}, "negs": x}}, "counts", "fractions", "decode_time_s"}.
+    """
+    from tqdm.auto import tqdm
+
+    from .data import decode_images
+    root = Path(data_dir).expanduser()
+    if smoke:
+        train_faces, test_per_group = 64, 8
+    n_dark = round(dark_fraction * train_faces)
+    if smoke:
+        n_dark = max(n_dark, 4)  # keep a few dark faces, so every code path runs
+    split = utkface_split(root / "UTKFace", test_per_group=test_per_group, n_light=train_faces - n_dark,
+                          n_dark=n_dark, split_seed=split_seed)
+    neg_train, neg_test = imagenette_files(root, "train"), imagenette_files(root, "val")
+    mit_dir = root / "mit_test_faces"
+    mit = {g: sorted((mit_dir / g).glob("*.png")) for g in GROUPS} if mit_dir.is_dir() else {}
+    if smoke:
+        neg_train, neg_test = neg_train[::len(neg_train) // 64][:64], neg_test[::len(neg_test) // 32][:32]
+        mit = {g: f[:4] for g, f in mit.items()}
+    lists = {"light": split["light"], "dark": split["dark"], "train_negs": neg_train, "test_negs": neg_test,
+             **{f"test_{g}": f for g, f in split["test"].items()}, **{f"mit_{g}": f for g, f in mit.items()}}
+    total = sum(len(v) for v in lists.values())
+    t0 = time.perf_counter()
+    bar = tqdm(total=total, desc="decode images", unit="img", mininterval=1.0, dynamic_ncols=True, leave=False)
+    x = {k: decode_images(v, IMAGE_SHAPE[1], bar=bar) for k, v in lists.items()}
+    bar.close()
+    n_light = train_faces - n_dark
+    skewed = torch.cat([x["light"][:n_light], x["dark"]])                 # (train_faces, 3, 64, 64)
+    race = torch.tensor([LIGHT] * n_light + [DARK] * n_dark)               # (train_faces,) for reports only
+    train = {"standard": skewed, "dbvae": skewed, "standard_nodark": x["light"][:n_light + n_dark]}
+    negs = x["train_negs"]
+    if h5 is not None:  # the lab's train_face.h5 replaces the training images (no race labels: no control)
+        xh, yh = load_h5(h5)
+        faces, negs = xh[yh == 1], xh[yh != 1]
+        if smoke:
+            faces, negs = faces[:64], negs[:64]
+        train, race = {"standard": faces, "dbvae": faces}, None
+    aligned = {g: x[f"test_{g}"] for g in GROUPS}
+    tests = {"aligned": {"faces": aligned, "negs": x["test_negs"]},
+             # one fixed jittered copy of the held-out faces and non-faces (the same for every seed/model)
+             "jittered": {"faces": {g: jittered_copy(v, augment, jitter_seed + i) for i, (g, v) in enumerate(aligned.items())},
+                          "negs": jittered_copy(x["test_negs"], augment, jitter_seed + len(GROUPS))}}
+    if mit:  # as they are (not re-aligned): the threshold comes from the aligned non-faces
+        tests["mit"] = {"faces": {g: x[f"mit_{g}"] for g in GROUPS}, "negs": x["test_negs"]}
+    counts = {"train_faces": {m: len(v) for m, v in train.items()}, "train_nonfaces": len(negs),
+              "test_nonfaces": len(x["test_negs"]),
+              **{f"{t}_{g}": len(tests[t]["faces"][g]) for t in tests for g in GROUPS}}
+    fractions = ({"standard": n_dark / train_faces, "dbvae": n_dark / train_faces, "standard_nodark": 0.0}
+                 if race is not None else None)
+    return {"train": train, "train_negs": negs, "race": race, "tests": tests, "counts": counts,
+            "fractions": fractions, "decode_time_s": time.perf_counter() - t0, "decoded_images": total}
+
+
+# ---------------------------------------------------------------------------- metrics
+def rejection_threshold(neg_scores: torch.Tensor, reject: float = REJECT) -> float:
+    """The score t with at least `reject` of the non-faces at or below it: the ceil(reject * n)-th smallest
+    non-face score. A face is detected when its score is > t (so exactly that many non-faces are rejected
+    when the scores have no ties)."""
+    s = torch.sort(neg_scores.double().flatten()).values
+    k = max(1, math.ceil(reject * len(s) - 1e-9))   # -1e-9: 0.99 * 200 is 198.00000000000003 in floating point
+    return s[k - 1].item()
+
+
+def group_variance(rates: dict) -> float:
+    """Population variance of 100 x the four group rates, in %^2 (the paper's unit: 28.84 -> 9.43)."""
+    return (100 * torch.tensor([rates[g] for g in GROUPS], dtype=torch.float64)).var(unbiased=False).item()
+
+
+def dark_gap(rates: dict) -> float:
+    """Mean of the light groups minus the worst dark group, in percentage points (> 0: dark faces worse)."""
+    return 100 * (sum(rates[g] for g in LIGHT_GROUPS) / len(LIGHT_GROUPS) - min(rates[g] for g in DARK_GROUPS))
+
+
+def group_metrics(face_scores: dict, neg_scores: torch.Tensor, reject: float = REJECT) -> dict:
+    """Per group: detection rate at the threshold rejecting `reject` of the non-faces, AUC of the group's
+    faces against the non-faces (sklearn.metrics.roc_auc_score), mean p(face); plus group variance and gap.
+    face_scores: {group: logits (n_g,)}; neg_scores: logits (n_neg,)."""
+    from sklearn.metrics import roc_auc_score
+    t = rejection_threshold(neg_scores, reject)
+    out = {"threshold": t, "nonface_rejected": (neg_scores <= t).double().mean().item(),
+           "detect": {}, "detected": {}, "n": {}, "auc": {}, "mean_p_face": {}}
+    neg = neg_scores.double().numpy()
+    for g in GROUPS:
+        s = face_scores[g].double()
+        k = int((s > t).sum())
+        out["detected"][g], out["n"][g], out["detect"][g] = k, len(s), k / len(s)
+        labels = [1] * len(s) + [0] * len(neg)
+        out["auc"][g] = float(roc_auc_score(labels, list(s.numpy()) + list(neg)))
+        out["mean_p_face"][g] = torch.sigmoid(s).mean().item()
+    out["group_var"], out["dark_gap"] = group_variance(out["detect"]), dark_gap(out["detect"])
     return out
+
+
+def evaluate_model(model: nn.Module, tests: dict, device, reject: float = REJECT) -> dict:
+    """group_metrics on every test set {name: {"faces": {group: uint8}, "negs": uint8}}."""
+    out, neg_cache = {}, {}
+    for name, ts in tests.items():
+        key = id(ts["negs"])  # the MIT faces share the aligned non-faces: score them once
+        if key not in neg_cache:
+            neg_cache[key] = face_scores(model, ts["negs"], device)
+        neg = neg_cache[key]
+        out[name] = group_metrics({g: face_scores(model, x, device) for g, x in ts["faces"].items()}, neg, reject)
+    return out
+
+
+# ---------------------------------------------------------------------------- statistics over seeds
+def compare_paired(a, b, endpoint: str, names=("standard", "dbvae")) -> dict:
+    """Paired comparison over seeds of b - a (e.g. DB-VAE minus standard CNN): bootstrap 95 % CI (BCa) and
+    exact sign-flip permutation p of the mean difference (common.stats). The verdict needs both: a
+    direction ("lower"/"higher") only if p < 0.05 and the CI excludes 0, else "no significant difference"."""
+    from . import stats
+    a, b = [float(v) for v in a], [float(v) for v in b]
+    d = [y - x for x, y in zip(a, b)]
+    ci = stats.bootstrap_ci(d)
+    p = stats.sign_flip_p_value(d)
+    verdict = stats.verdict(*ci) if p < ALPHA_TEST else "no significant difference"
+    return {"endpoint": endpoint, "difference": f"{names[1]} - {names[0]}", "n_seeds": len(d),
+            names[0]: stats.summarize(a), names[1]: stats.summarize(b), "mean_diff": sum(d) / len(d),
+            "ci95": ci, "ci_method": "bootstrap BCa (scipy.stats.bootstrap), 10,000 resamples",
+            "p_value": p, "test": "paired sign-flip permutation test, two-sided (exact for <= 14 seeds)",
+            "alpha": ALPHA_TEST, "verdict": verdict, "per_seed_diff": d}
+
+
+def summarize_model(per_seed: list[dict]) -> dict:
+    """{test_set: {"detect"/"auc"/"mean_p_face": {group: summarize}, "group_var"/"dark_gap"/"threshold": summarize,
+    and for the MIT faces "wilson": {group: Wilson 95 % interval at the seed-mean count of n}}}."""
+    from . import stats
+    out = {}
+    for t in per_seed[0]:
+        rows = [s[t] for s in per_seed]
+        o = {key: {g: stats.summarize([r[key][g] for r in rows]) for g in GROUPS}
+             for key in ("detect", "auc", "mean_p_face")}
+        for key in ("group_var", "dark_gap", "threshold", "nonface_rejected"):
+            o[key] = stats.summarize([r[key] for r in rows])
+        o["detected_per_seed"] = {g: [r["detected"][g] for r in rows] for g in GROUPS}
+        o["n"] = rows[0]["n"]
+        if t == "mit":  # n = 15 per group: binomial intervals (the seed spread is not the uncertainty here)
+            o["wilson"] = {g: stats.wilson(round(sum(o["detected_per_seed"][g]) / len(rows)), o["n"][g])
+                           for g in GROUPS}
+        out[t] = o
+    return out
+
+
+def sampling_summary(histories: dict, fraction: float, epochs: int) -> dict:
+    """The dark faces' share of the DB-VAE's sampling mass per epoch (mean over seeds) vs their share of the
+    training faces. histories: {seed: [epoch rows with dark_sampling_mass, dark_mean_p_rank]}."""
+    from . import stats
+    per_epoch = []
+    for e in range(epochs):
+        mass = [h[e]["dark_sampling_mass"] for h in histories.values()]
+        rank = [h[e]["dark_mean_p_percentile"] for h in histories.values()]
+        other = {k: stats.summarize([h[e][k] for h in histories.values()])
+                 for k in histories[next(iter(histories))][e] if k.startswith("dark_sampling_mass_if_")}
+        per_epoch.append({"epoch": e + 1, "dark_mass": stats.summarize(mass), **other,
+                          "mass_over_share": sum(mass) / len(mass) / fraction if fraction > 0 else None,
+                          "dark_mean_p_percentile": stats.summarize(rank)})
+    return {"dark_share_of_faces": fraction, "per_epoch": per_epoch,
+            "note": "dark_mass: sum of the resampling probabilities of the dark training faces (the share of "
+                    "draws they get); mass_over_share: that divided by their share of the faces (1 = no "
+                    "targeting); dark_mean_p_percentile: mean percentile of the dark faces' p among all faces "
+                    "(50 = average); dark_sampling_mass_if_<rule>: the same share had p been computed with the other "
+                    "combination rule from the same latent means (not used for drawing). Race labels are used for "
+                    "these diagnostics only, never in training."}
+
+
+def build_results(args, data: dict, runs: dict, wall_time_s: float) -> dict:
+    """The lab_dbvae.json dict. runs: {model: {seed: {"history", "metrics", "params"}}}."""
+    from . import stats
+    seeds = list(args.seeds)
+    models = [m for m in MODELS if m in runs]
+    metrics = {m: summarize_model([runs[m][s]["metrics"] for s in seeds]) for m in models}
+    tests = list(metrics["standard"])
+    comparison = {t: compare_paired([runs["standard"][s]["metrics"][t]["group_var"] for s in seeds],
+                                    [runs["dbvae"][s]["metrics"][t]["group_var"] for s in seeds],
+                                    f"group variance (%^2) of the detection rate, {TEST_SET_NAMES[t]}")
+                  for t in tests} if len(seeds) > 1 else {}
+    secondary = {}
+    if len(seeds) > 1:
+        secondary["dark_gap"] = {t: compare_paired(
+            [runs["standard"][s]["metrics"][t]["dark_gap"] for s in seeds],
+            [runs["dbvae"][s]["metrics"][t]["dark_gap"] for s in seeds],
+            f"dark gap (points): mean light detection - worst dark group, {TEST_SET_NAMES[t]}") for t in tests}
+        if "standard_nodark" in runs:
+            secondary["control_vs_standard"] = {t: compare_paired(
+                [runs["standard_nodark"][s]["metrics"][t]["group_var"] for s in seeds],
+                [runs["standard"][s]["metrics"][t]["group_var"] for s in seeds],
+                f"group variance (%^2), {TEST_SET_NAMES[t]}: standard CNN with the skewed set minus without "
+                f"dark faces", names=("standard_nodark", "standard")) for t in tests}
+    gap = [runs["standard"][s]["metrics"]["jittered"]["dark_gap"] for s in seeds]
+    gap_ci = stats.bootstrap_ci(gap) if len(seeds) > 1 else [gap[0], gap[0]]
+    std_gap = {**stats.summarize(gap), "bootstrap_ci95": gap_ci, "measurable": bool(gap_ci[0] > 0),
+               "definition": "standard CNN, jittered test: mean light detection - worst dark group (points)"}
+    sampling = (sampling_summary({s: runs["dbvae"][s]["history"] for s in seeds}, data["fractions"]["dbvae"],
+                                 args.epochs) if data["race"] is not None else None)
+    return {
+        "name": "lab_dbvae", "config": run_config_of(args), "seeds": seeds, "groups": list(GROUPS),
+        "models": {m: MODEL_NAMES[m] for m in models}, "test_sets": {t: TEST_SET_NAMES[t] for t in tests},
+        "primary_endpoint": {"name": "jittered_group_var", "definition": PRIMARY_ENDPOINT,
+                             "chosen": "before the run (fixed in common/dbvae.py, issue 11)",
+                             "comparison": "comparison.jittered", "also": "dark gap (secondary.dark_gap)"},
+        "data": {"counts": data["counts"], "dark_fractions": data["fractions"],
+                 "source": "h5" if args.h5 else "UTKFace+Imagenette",
+                 "races_used": "0 (White) as light, 1 (Black) as dark; races 2-4 excluded",
+                 "negative_classes": NEG_CLASSES, "decode_time_s": data["decode_time_s"],
+                 "decoded_images": data["decoded_images"],
+                 "augmentation": {"train": vars_of(data["augment"]), "jittered_test": vars_of(data["augment"]),
+                                  "jitter_seed": args.jitter_seed, "padding": "reflection",
+                                  "applied_to": "training faces and non-faces of every model; the jittered test "
+                                                "copy of the held-out faces and non-faces (one fixed draw)"},
+                 "mit_alignment": "as they are (not re-aligned); threshold from the aligned held-out non-faces"},
+        "threshold_definition": f"per model, seed and test set: the ceil({REJECT} n)-th smallest face logit of the "
+                                f"n held-out non-faces; a face is detected when its logit is above it",
+        "metrics": metrics, "comparison": comparison, "secondary": secondary, "standard_gap_jittered": std_gap,
+        "sampling": sampling,
+        "per_seed": {m: {str(s): runs[m][s]["metrics"] for s in seeds} for m in models},
+        "history": {m: {str(s): runs[m][s]["history"] for s in seeds} for m in models},
+        "params": {m: runs[m][seeds[0]]["params"] for m in models},
+        "paper_reference": {"source": "Amini et al., AIES 2019 (as reported in issue 11; see the report)",
+                            "group_variance": [28.84, 9.43], "precision": [95.13, 97.36], "alpha": 0.001},
+        "wall_time_s": wall_time_s,
+    }
+
+
+def run_config_of(args) -> dict:
+    from .utils import run_config
+    return run_config(args)
+
+
+def vars_of(obj) -> dict:
+    from dataclasses import asdict
+    return asdict(obj)
+
+
+# ---------------------------------------------------------------------------- figures
+FIG_WIDTH = 8.0   # inches: placed at the report's 17 cm text width this is a 0.84 scale, so 9 pt -> 7.5 pt
+FONT = 9          # smallest font in the figures (pt, before scaling)
+
+
+def plot_groups(results: dict, path: Path) -> None:
+    """Detection rate per group, per model and test set; bars = mean over seeds with t 95 % CIs
+    (UTKFace) or the Wilson 95 % interval for 15 faces (MIT). y-axis from 0."""
+    from .plots import plt, save
+    m = results["metrics"]
+    models = list(m)
+    tests = list(m[models[0]])
+    fig, axes = plt.subplots(1, len(tests), figsize=(FIG_WIDTH, 3.0), sharey=True, squeeze=False)
+    width = 0.8 / len(models)
+    for ax, t in zip(axes[0], tests):
+        for i, model in enumerate(models):
+            xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(GROUPS))]
+            if t == "mit":
+                w = m[model][t]["wilson"]
+                mean = [m[model][t]["detect"][g]["mean"] for g in GROUPS]
+                lo = [w[g]["ci95"][0] for g in GROUPS]
+                hi = [w[g]["ci95"][1] for g in GROUPS]
+            else:
+                d = m[model][t]["detect"]
+                mean = [d[g]["mean"] for g in GROUPS]
+                lo = [d[g]["ci95"][0] for g in GROUPS]
+                hi = [d[g]["ci95"][1] for g in GROUPS]
+            err = [[max(0.0, a - b) for a, b in zip(mean, lo)], [max(0.0, b - a) for a, b in zip(mean, hi)]]
+            ax.bar(xs, mean, width, yerr=err, capsize=2, label=MODEL_NAMES[model], error_kw={"lw": 0.8})
+        ax.set_xticks(range(len(GROUPS)), list(GROUPS), fontsize=FONT)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(TEST_SET_NAMES[t], fontsize=FONT + 1)
+        ax.tick_params(labelsize=FONT)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][len(tests) // 2].set_xlabel("group (L/D: light/dark skin, F/M: female/male)", fontsize=FONT)
+    axes[0][0].set_ylabel(f"faces detected at {REJECT:.0%}\nnon-face rejection", fontsize=FONT)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(models), fontsize=FONT,
+               frameon=False)
+    fig.suptitle(f"Detection rate per group: mean over {len(results['seeds'])} seeds, 95 % CI "
+                 f"(MIT: Wilson, 15 faces)", fontsize=FONT + 1)
+    fig.tight_layout()
+    save(fig, path)
+
+
+def plot_paired(results: dict, path: Path) -> None:
+    """(a) the primary endpoint per seed, paired lines standard -> DB-VAE (and the 0 %-dark control);
+    (b) the dark faces' share of the DB-VAE's sampling mass per epoch vs their share of the faces."""
+    from .plots import plt, save
+    fig, axes = plt.subplots(1, 2, figsize=(FIG_WIDTH, 3.0))
+    ax = axes[0]
+    per = results["per_seed"]
+    models = [m for m in MODELS if m in per]
+    seeds = [str(s) for s in results["seeds"]]
+    for s in seeds:
+        ax.plot(range(len(models)), [per[m][s]["jittered"]["group_var"] for m in models], "o-", color="0.6",
+                lw=0.8, ms=3)
+    means = [results["metrics"][m]["jittered"]["group_var"]["mean"] for m in models]
+    ax.plot(range(len(models)), means, "s-", color="C3", lw=2, label="mean over seeds")
+    ax.set_xticks(range(len(models)), [MODEL_NAMES[m].replace(", ", ",\n") for m in models], fontsize=FONT)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("group variance (%²)\non the jittered test", fontsize=FONT)
+    ax.set_title("(a) primary endpoint, one line per seed", fontsize=FONT + 1)
+    ax.tick_params(labelsize=FONT)
+    ax.legend(fontsize=FONT, loc="upper left", bbox_to_anchor=(0.0, -0.34), frameon=False)
+    ax = axes[1]
+    samp = results.get("sampling")
+    if samp:
+        ep = [r["epoch"] for r in samp["per_epoch"]]
+        for s in seeds:
+            ax.plot(ep, [100 * h["dark_sampling_mass"] for h in results["history"]["dbvae"][s]], "o-",
+                    color="0.6", lw=0.8, ms=3)
+        ax.plot(ep, [100 * r["dark_mass"]["mean"] for r in samp["per_epoch"]], "s-", color="C1", lw=2,
+                label="dark faces' share of the sampling mass (mean)")
+        for key in [k for k in samp["per_epoch"][0] if k.startswith("dark_sampling_mass_if_")]:
+            ax.plot(ep, [100 * r[key]["mean"] for r in samp["per_epoch"]], "^:", color="C4", lw=1.5,
+                    label=f"the same had p used the {key.rsplit('_', 1)[-1]} rule (not used)")
+        ax.axhline(100 * samp["dark_share_of_faces"], color="k", ls="--", lw=1, label="their share of the faces")
+        ax.set_xticks(ep)
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=FONT, loc="upper left", bbox_to_anchor=(-0.1, -0.3), frameon=False)
+    ax.set_xlabel("epoch (p re-estimated at its start)", fontsize=FONT)
+    ax.set_ylabel("% of draws", fontsize=FONT)
+    ax.set_title("(b) DB-VAE resampling of dark faces", fontsize=FONT + 1)
+    ax.tick_params(labelsize=FONT)
+    fig.tight_layout()
+    save(fig, path)
+
+
+def plot_sampling_faces(faces: torch.Tensor, p: torch.Tensor, race: torch.Tensor | None, path: Path,
+                        title: str, n_show: int = 8) -> None:
+    """Training faces (uint8 (N, 3, H, W)) with the highest and lowest resampling probability p (N,)."""
+    from .plots import plt, save
+    n_show = min(n_show, len(p) // 2)
+    order = torch.argsort(p, descending=True, stable=True)
+    rows = [("highest p", order[:n_show]), ("lowest p", order[-n_show:].flip(0))]
+    fig, axes = plt.subplots(2, n_show, figsize=(FIG_WIDTH, 3.6), squeeze=False)
+    for r, (label, idx) in enumerate(rows):
+        for c, i in enumerate(idx.tolist()):
+            ax = axes[r][c]
+            ax.imshow(faces[i].permute(1, 2, 0).numpy())
+            ax.set_xticks([]), ax.set_yticks([])
+            tag = ("dark" if race[i] == DARK else "light") + "\n" if race is not None else ""
+            ax.set_title(f"{tag}{p[i] * len(p):.1f}× unif.", fontsize=FONT)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=FONT)
+    fig.suptitle(title, fontsize=FONT + 1)
+    fig.tight_layout()
+    save(fig, path)

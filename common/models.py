@@ -137,6 +137,12 @@ class EncoderComposite(nn.Module):
         return self
 
 
+# The ex1 conv+FC autoencoder's training recipe (AdamW + OneCycle, 15 epochs over all 60,000 images).
+# Defined once: ex1 trains with it, ex5 pre-trains with it when runs/ex1_conv_fc.pt is missing and
+# refuses a checkpoint trained with anything else (common.train.fit_recipe / load_or_train).
+AE_RECIPE = dict(epochs=15, lr=3e-3, batch_size=128)
+
+
 class AutoEncoder(EncoderComposite):
     def __init__(self, latent_dim: int = 12, channels=(32, 64, 128), fc: bool = True, in_shape=(1, 28, 28)):
         super().__init__()

@@ -28,35 +28,46 @@ def plot_curves(runs: dict[str, list[dict]], path: Path, title: str, *, x: str =
     runs: name -> history (list of per-epoch dicts with train_<m>/test_<m> keys).
     Rows that carry `<split>_<metric>_std` (see train.aggregate_histories) get a mean +- std band.
     hlines: optional label -> y reference lines drawn on the first panel (e.g. a baseline's loss).
+    Sized for a full text width (~17 cm) at 1:1, so 8 pt text stays 8 pt in the PDF; one legend entry
+    per run (its colour) plus one per line style, below the panels, outside the data.
     """
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 3.8), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    xlabel = {"epoch": "epoch", "train_time_s": "training time (s)"}.get(x, x)
-    for ax, (key, label) in zip(axes[0], metrics):
-        for i, (name, hist) in enumerate(runs.items()):
-            c = colors[i % len(colors)]
-            for split, style in (("train", "--"), ("test", "-")):
-                m = f"{split}_{key}"
-                pts = [(h[x], h[m], h.get(f"{m}_std")) for h in hist if m in h]
-                if not pts:
-                    continue
-                xs, ys, sds = zip(*pts)
-                ax.plot(xs, ys, style, color=c, label=f"{name} ({split})", lw=1.5)
-                if all(sd is not None for sd in sds):
-                    ax.fill_between(xs, [y - sd for y, sd in zip(ys, sds)], [y + sd for y, sd in zip(ys, sds)],
-                                    color=c, alpha=0.15, lw=0)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(label)
-        if key == "loss" and logy_loss:
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.set_title(f"{label} vs {xlabel}")
-    for j, (label, y) in enumerate((hlines or {}).items()):
-        axes[0][0].axhline(y, color="k", ls=":" if j else "-.", lw=1, label=label)
-    axes[0][-1].legend(fontsize=7, loc="best")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return save(fig, path)
+    from matplotlib.lines import Line2D
+
+    with plt.rc_context({"font.size": 8, "axes.titlesize": 9, "legend.fontsize": 8}):
+        fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 2.7), squeeze=False)
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        xlabel = {"epoch": "epoch", "train_time_s": "training time (s)"}.get(x, x)
+        for ax, (key, label) in zip(axes[0], metrics):
+            for i, (name, hist) in enumerate(runs.items()):
+                c = colors[i % len(colors)]
+                for split, style in (("train", "--"), ("test", "-")):
+                    m = f"{split}_{key}"
+                    pts = [(h[x], h[m], h.get(f"{m}_std")) for h in hist if m in h]
+                    if not pts:
+                        continue
+                    xs, ys, sds = zip(*pts)
+                    ax.plot(xs, ys, style, color=c, lw=1.3)
+                    if all(sd is not None for sd in sds):
+                        ax.fill_between(xs, [y - sd for y, sd in zip(ys, sds)],
+                                        [y + sd for y, sd in zip(ys, sds)], color=c, alpha=0.12, lw=0)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(label)
+            if key == "loss" and logy_loss:
+                ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+            ax.set_title(f"{label} vs {xlabel}")
+        handles = [Line2D([], [], color=colors[i % len(colors)], lw=2, label=name) for i, name in enumerate(runs)]
+        handles += [Line2D([], [], color="k", ls="--", lw=1.3, label="train"),
+                    Line2D([], [], color="k", ls="-", lw=1.3, label="test")]
+        for j, (label, y) in enumerate((hlines or {}).items()):
+            ls = ":" if j else "-."
+            axes[0][0].axhline(y, color="k", ls=ls, lw=1)
+            handles.append(Line2D([], [], color="k", ls=ls, lw=1, label=label))
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 3),
+                   frameon=False)
+        return save(fig, path)
 
 
 def image_rows(rows: list[torch.Tensor], labels: list[str], path: Path, title: str,

@@ -6,6 +6,8 @@ spent training (evaluation excluded), so curves can be drawn against epochs or a
 """
 from __future__ import annotations
 
+import functools
+import math
 import os
 import tempfile
 import time
@@ -16,12 +18,21 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import TensorData, index_batches
-from .utils import UserError, mean_std, seed_everything
+from .data import TensorData, describe_exception, index_batches
+from .stats import summarize
+from .utils import UserError, seed_everything
 
 
-class CheckpointMismatchError(UserError):
-    """A checkpoint was saved for another architecture than the model being built."""
+class CheckpointError(UserError):
+    """A checkpoint file that cannot be read (empty, truncated, not written by torch.save of this project)."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint saved for another architecture, recipe or epoch count than this run's."""
+
+
+class NonFiniteLossError(UserError):
+    """The training loss became NaN or infinite: the run stops before any result is written."""
 
 
 # ----------------------------------------------------------------------------- losses
@@ -93,20 +104,38 @@ def evaluate(model: nn.Module, data: TensorData, loss_fn: Callable, device: torc
 
 # ----------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path: Path, model: nn.Module, **extra) -> None:
-    """Atomic save of the weights plus the architecture config used to rebuild/validate them."""
+    """Atomic save of the weights plus the architecture config used to rebuild/validate them.
+
+    `extra` must hold only tensors and plain Python values (numbers, strings, lists, dicts): checkpoints
+    are read back with torch.load(weights_only=True), which refuses anything else.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
-    torch.save({"arch": getattr(model, "config", None), "model": model.state_dict(), **extra}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save({"arch": getattr(model, "config", None), "model": model.state_dict(), **extra}, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: Path, model: nn.Module) -> dict:
-    """Load weights into `model`; a checkpoint of another architecture raises a clear error."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    """Load weights into `model`; an unreadable checkpoint or one of another architecture raises a clear error.
+
+    weights_only=True: unpickling arbitrary objects would let a checkpoint file run code.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # empty/truncated file, random bytes, or a pickle of disallowed objects
+        why = describe_exception(exc).split(". ")[0]  # torch's advice to load with weights_only=False: not ours
+        raise CheckpointError(f"cannot read checkpoint {path} ({why}); delete it, and the run that needs "
+                              f"it trains it again") from exc
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise CheckpointMismatchError(f"{path} is not a checkpoint written by this project")
+        raise CheckpointError(f"{path} is not a checkpoint written by this project; delete it, and the "
+                              f"run that needs it trains it again")
     want = getattr(model, "config", None)
     if ckpt.get("arch") != want:
         raise CheckpointMismatchError(
@@ -120,13 +149,62 @@ def load_checkpoint(path: Path, model: nn.Module) -> dict:
     return ckpt
 
 
+# ----------------------------------------------------------------------------- recipes, sanity
+def _callable_name(fn) -> str | None:
+    """A stable name for a loss/augmentation callable: a partial's arguments included, no memory address."""
+    if fn is None:
+        return None
+    if isinstance(fn, functools.partial):
+        args = [repr(a) for a in fn.args] + [f"{k}={v!r}" for k, v in sorted(fn.keywords.items())]
+        return f"{_callable_name(fn.func)}({', '.join(args)})"
+    return getattr(fn, "__qualname__", type(fn).__name__)
+
+
+def fit_recipe(*, epochs: int, lr: float, batch_size: int, train_size: int, weight_decay: float = 0.0,
+               schedule: str = "onecycle", loss_fn: Callable | None = None,
+               augment: Callable | None = None) -> dict:
+    """The hyper-parameters of a `fit` run, as its checkpoints record them (plain values only).
+
+    A script that reuses another script's checkpoint (load_or_train) builds the recipe it expects with
+    this function and passes it, so a checkpoint of another recipe is refused, not silently used.
+    """
+    return {"epochs": int(epochs), "lr": float(lr), "batch_size": int(batch_size), "train_size": int(train_size),
+            "weight_decay": float(weight_decay), "schedule": schedule, "loss": _callable_name(loss_fn),
+            "augment": _callable_name(augment)}
+
+
+def recipe_differences(ckpt: dict, wanted: dict) -> list[str]:
+    """'key saved (this run: wanted)' for every key of `wanted` the checkpoint's recipe differs in;
+    [] for a checkpoint that records no recipe (written before recipes were recorded)."""
+    saved = ckpt.get("recipe")
+    if not isinstance(saved, dict):
+        return []
+    return [f"{k} {saved.get(k)!r} (this run: {v!r})" for k, v in wanted.items() if saved.get(k) != v]
+
+
+def check_finite(stats: dict, epoch: int, opt: torch.optim.Optimizer) -> None:
+    """Stop with one line when an epoch's training loss is NaN/inf (a float, or a list: one per seed).
+
+    A diverged run would otherwise go on and write NaN results as if they were numbers.
+    """
+    loss = stats["loss"]
+    values = [float(v) for v in loss] if isinstance(loss, (list, tuple)) else [float(loss)]
+    if all(math.isfinite(v) for v in values):
+        return
+    lrs = sorted({g.get("max_lr", g["lr"]) for g in opt.param_groups})  # OneCycleLR keeps the peak here
+    shown = values[0] if len(values) == 1 else values
+    raise NonFiniteLossError(
+        f"training loss is {shown} in epoch {epoch} (peak lr {', '.join(f'{v:.3g}' for v in lrs)}): "
+        f"training diverged; lower --lr (no results were written)")
+
+
 # ----------------------------------------------------------------------------- fit
 def fit(model: nn.Module, train: TensorData, test: TensorData, *, epochs: int, lr: float,
         batch_size: int, gen: torch.Generator, device: torch.device, reconstruct: bool = False,
         loss_fn: Callable | None = None, params=None, weight_decay: float = 0.0,
         schedule: str = "onecycle", eval_every: int = 1, augment: Callable | None = None,
         ckpt_path: Path | None = None, resume: bool = False, desc: str = "train",
-        on_epoch: Callable | None = None) -> list[dict]:
+        on_epoch: Callable | None = None, log: bool = True) -> list[dict]:
     """Train `model` and return the per-epoch history.
 
     schedule='onecycle' (Smith & Topin 2019) warms up then anneals the LR per step: it reaches a given
@@ -135,7 +213,11 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, *, epochs: int, l
     model/optimiser/RNG state is saved after every epoch; `resume=True` continues from there.
     """
     loss_fn = loss_fn or (mean_l1 if reconstruct else cross_entropy)
-    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    params = list(params if params is not None else model.parameters())
+    if params and isinstance(params[0], dict):  # parameter groups, e.g. a lower lr for a pre-trained encoder
+        params = [dict(g, params=[p for p in g["params"] if p.requires_grad]) for g in params]
+    else:
+        params = [p for p in params if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     steps_per_epoch = -(-len(train) // batch_size)  # ceil division
     if schedule == "onecycle":
@@ -146,10 +228,23 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, *, epochs: int, l
     else:
         raise ValueError(f"unknown schedule {schedule!r}")
 
+    recipe = fit_recipe(epochs=epochs, lr=lr, batch_size=batch_size, train_size=len(train),
+                        weight_decay=weight_decay, schedule=schedule, loss_fn=loss_fn, augment=augment)
     history, start, train_time = [], 1, 0.0
     if resume and ckpt_path is not None and Path(ckpt_path).exists():
         ckpt = load_checkpoint(ckpt_path, model)
         if "optimizer" in ckpt:
+            # another epoch count changes the whole OneCycle schedule (and OneCycleLR would fail past its
+            # last step), another lr/batch size/data size another run: refuse rather than mix two recipes
+            diff = recipe_differences(ckpt, recipe)
+            if ckpt.get("recipe") is None and sched is not None and ckpt.get("scheduler") \
+                    and ckpt["scheduler"].get("total_steps") != sched.total_steps:  # older checkpoint
+                diff.append(f"{ckpt['scheduler'].get('total_steps')} schedule steps "
+                            f"(this run: {sched.total_steps})")
+            if diff:
+                raise CheckpointMismatchError(
+                    f"cannot resume from {ckpt_path}: it was trained with {'; '.join(diff)}. Rerun with "
+                    f"its settings, or delete it (or drop --resume) to start over")
             opt.load_state_dict(ckpt["optimizer"])
             if sched is not None and ckpt.get("scheduler"):
                 sched.load_state_dict(ckpt["scheduler"])
@@ -161,11 +256,12 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, *, epochs: int, l
             print(f"[{desc}] resumed from {ckpt_path} after epoch {ckpt['epoch']}")
 
     bar = tqdm(total=(epochs - start + 1) * steps_per_epoch, desc=desc, unit="step",
-               mininterval=1.0, dynamic_ncols=True, leave=False)
+               mininterval=1.0, dynamic_ncols=True, leave=False, disable=not log)
     for epoch in range(start, epochs + 1):
         t0 = time.perf_counter()
         tr = train_epoch(model, train, loss_fn, opt, sched, batch_size, gen, device,
                          reconstruct=reconstruct, augment=augment, bar=bar)
+        check_finite(tr, epoch, opt)
         epoch_time = time.perf_counter() - t0
         train_time += epoch_time
         row = {"epoch": epoch, "train_loss": tr["loss"], "lr": opt.param_groups[0]["lr"],
@@ -180,30 +276,50 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, *, epochs: int, l
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
-        if "test_loss" in row:  # log evaluation epochs only (ex4 runs hundreds of tiny epochs)
+        if log and "test_loss" in row:  # log evaluation epochs only (ex4 runs hundreds of tiny epochs)
             msg = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("epoch", "lr", "train_time_s"))
             bar.write(f"[{desc}] epoch {epoch}/{epochs} {msg}")
         if ckpt_path is not None:
             save_checkpoint(ckpt_path, model, optimizer=opt.state_dict(),
                             scheduler=sched.state_dict() if sched is not None else None,
                             epoch=epoch, history=history, gen_state=gen.get_state(),
-                            rng_state=torch.get_rng_state())
+                            rng_state=torch.get_rng_state(), recipe=recipe)
     bar.close()
     return history
 
 
 # ----------------------------------------------------------------------------- prerequisites, seeds
-def load_or_train(path: Path, model: nn.Module, train_fn: Callable[[nn.Module], object], what: str) -> nn.Module:
-    """Load `model` from the checkpoint at `path`, or say so and train it first (train_fn saves it)."""
+def load_or_train(path: Path, model: nn.Module, train_fn: Callable[[nn.Module], object], what: str,
+                  recipe: dict | None = None) -> nn.Module:
+    """Load `model` from the checkpoint at `path`, or say so and train it first (train_fn saves it).
+
+    `recipe` (see fit_recipe) is what the checkpoint must have been trained with. A checkpoint of an
+    unfinished run (epoch < its recorded epochs) or of another recipe is refused in one line, naming
+    the file: it is the user's (e.g. a --smoke or a killed run), so it is neither used nor overwritten
+    silently. A checkpoint that records no recipe (older) is used with a printed note.
+    """
     path = Path(path)
     if path.exists():
-        load_checkpoint(path, model)
+        ckpt = load_checkpoint(path, model)
+        saved = ckpt.get("recipe")
+        if isinstance(saved, dict) and "epoch" in ckpt and ckpt["epoch"] < saved.get("epochs", 0):
+            raise CheckpointMismatchError(
+                f"{path} holds an unfinished run of {what} (epoch {ckpt['epoch']} of {saved['epochs']}); "
+                f"finish it with its script's --resume, or delete it to have it trained here")
+        diff = recipe_differences(ckpt, recipe or {})
+        if diff:
+            raise CheckpointMismatchError(
+                f"{path} holds {what} trained with {'; '.join(diff)}; delete it to have it trained here "
+                f"with this run's recipe, or pass another --runs-dir")
+        if recipe is not None and not isinstance(saved, dict):
+            print(f"note: {path} records no training recipe (an older checkpoint); using it unchecked "
+                  f"(delete it to retrain {what})")
         print(f"loaded {what} from {path}")
     else:
         print(f"{path} not found: training {what} first (same recipe as its own script)")
         train_fn(model)
         if not path.exists():
-            save_checkpoint(path, model)
+            save_checkpoint(path, model, **({"recipe": recipe, "epoch": recipe["epochs"]} if recipe else {}))
     return model
 
 
@@ -242,25 +358,45 @@ def overfitting_summary(history: list[dict]) -> dict:
 
 
 def fit_seeds(make_model: Callable[[], nn.Module], seeds, train: TensorData, test: TensorData, *,
-              device: torch.device, desc: str, **fit_kwargs) -> dict:
-    """Train one fresh model per seed (few-label runs are noisy) and summarise mean +- std.
+              device: torch.device, desc: str, final_test: TensorData | None = None,
+              param_groups: Callable[[nn.Module], list[dict]] | None = None,
+              train_fn: Callable | None = None, **fit_kwargs) -> dict:
+    """Train one fresh model per seed (few-label runs are noisy) and summarise every metric over seeds.
 
-    make_model() is called right after seeding, so initialisation and batch order both follow the seed.
+    make_model() is called right after seeding, so initialisation and batch order both follow the seed,
+    and a seed's result does not depend on which other seeds ran before it (tests/test_fewshot.py).
+    `test` is evaluated every `eval_every` epochs for the curves; `final_test` (default: `test`) once at
+    the end for the final metrics, so the curves may use a fixed subset of the test set and the reported
+    numbers the whole of it. `param_groups(model)` gives per-group learning rates (see fit).
+    `train_fn(gen, desc) -> (model, history)` replaces the default "make_model() then fit" (ex5's
+    self-training runs several fits per seed); it is called right after seeding, like make_model.
+    Every final metric is `common.stats.summarize` over seeds: mean, std, 95% t-interval and the values.
     """
-    histories = []
-    for seed in seeds:
+    final_test = final_test if final_test is not None else test
+    histories, finals = [], []
+    bar = tqdm(seeds, desc=desc, unit="seed", dynamic_ncols=True)
+    for seed in bar:
         gen = seed_everything(seed)
-        model = make_model().to(device)
-        histories.append(fit(model, train, test, gen=gen, device=device, desc=f"{desc} seed {seed}", **fit_kwargs))
+        if train_fn is not None:
+            model, history = train_fn(gen, f"{desc} seed {seed}")
+        else:
+            model = make_model().to(device)
+            params = param_groups(model) if param_groups is not None else None
+            history = fit(model, train, test, gen=gen, device=device, params=params,
+                          desc=f"{desc} seed {seed}", log=False, **fit_kwargs)
+        histories.append(history)
+        finals.append(evaluate(model, final_test, cross_entropy, device))
+        bar.set_postfix(seed=seed, test_acc=f"{finals[-1]['acc']:.4f}")
     mean = aggregate_histories(histories)
-    over = overfitting_summary(mean)
-    return {"seeds": list(seeds),
-            "final_test_acc": mean_std([h[-1]["test_acc"] for h in histories]),
-            "final_test_loss": mean_std([h[-1]["test_loss"] for h in histories]),
-            "best_test_acc": mean_std([max(r["test_acc"] for r in h if "test_acc" in r) for h in histories]),
-            "best_epoch_test_loss": over["epoch_min_test_loss"],
-            "overfitting": over,
+    return {"seeds": list(seeds), "curve_test_size": len(test), "final_test_size": len(final_test),
+            "final_test_acc": summarize([f["acc"] for f in finals]),
+            "final_test_loss": summarize([f["loss"] for f in finals]),
+            "final_train_acc": summarize([h[-1]["train_acc"] for h in histories]),
+            "final_train_loss": summarize([h[-1]["train_loss"] for h in histories]),
+            # train - test accuracy at the end, both on the full sets: the over-fitting gap
+            "final_gap_acc": summarize([h[-1]["train_acc"] - f["acc"] for h, f in zip(histories, finals)]),
+            "overfitting": overfitting_summary(mean),
             "overfitting_per_seed": [overfitting_summary(h) for h in histories],
-            "train_time_s": mean_std([h[-1]["train_time_s"] for h in histories]),
+            "train_time_s": summarize([h[-1]["train_time_s"] for h in histories]),
             "mean_history": mean,
             "history": {str(s): h for s, h in zip(seeds, histories)}}

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import math
 import os
 import random
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -23,11 +26,16 @@ class UserError(RuntimeError):
 
 
 def run_main(main) -> None:
-    """The scripts' entry point: run main(); a UserError exits with 'error: ...' and status 1."""
+    """The scripts' entry point: run main(); a UserError exits with 'error: ...' and status 1, Ctrl-C
+    with one line and status 130 (128 + SIGINT, as a shell reports it), no traceback either way."""
     try:
         main()
     except UserError as e:
         raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt:
+        # checkpoints are written after every finished epoch, so nothing more needs saving here
+        print("\ninterrupted; resume with --resume (continues after the last finished epoch)", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 # ----------------------------------------------------------------------------- seeding / device
@@ -116,8 +124,12 @@ def fraction(text: str) -> float:
 
 
 def add_common_args(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, lr: float,
-                    seed: int = 0) -> argparse.ArgumentParser:
-    """Arguments every experiment script shares, with the script's own defaults."""
+                    seed: int = 0, runs_dir: bool = True, resume: bool = True) -> argparse.ArgumentParser:
+    """Arguments every experiment script shares, with the script's own defaults.
+
+    runs_dir / resume: offer --runs-dir (the script reads or writes checkpoints) and --resume (it can
+    continue an interrupted run); scripts that do neither do not offer them, so --help promises nothing.
+    """
     g = parser.add_argument_group("common")
     g.add_argument("--epochs", type=positive_int, default=epochs, help=f"training epochs (default {epochs})")
     g.add_argument("--batch-size", type=positive_int, default=batch_size,
@@ -128,9 +140,11 @@ def add_common_args(parser: argparse.ArgumentParser, *, epochs: int, batch_size:
                    help="dataset root (default: $DATA_DIR, else ./data); downloads there when online")
     g.add_argument("--out-dir", type=Path, default=None,
                    help="where figures/ and results/ go (default: report/, or a temp dir with --smoke)")
-    g.add_argument("--runs-dir", type=Path, default=None,
-                   help="checkpoint folder (default: runs/, or <out-dir>/runs with --smoke)")
-    g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --runs-dir")
+    if runs_dir:
+        g.add_argument("--runs-dir", type=Path, default=None,
+                       help="checkpoint folder (default: runs/, or <out-dir>/runs with --smoke)")
+    if resume:
+        g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --runs-dir")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="compute device (default: auto = cuda > mps > cpu)")
     g.add_argument("--smoke", action="store_true",
@@ -138,14 +152,27 @@ def add_common_args(parser: argparse.ArgumentParser, *, epochs: int, batch_size:
     return parser
 
 
+def smoke_output_dir() -> Path:
+    """A temp folder for a --smoke run without --out-dir, removed when the process exits (saying so):
+    smoke runs check that a script runs, and would otherwise pile up in the system temp folder."""
+    out = Path(tempfile.mkdtemp(prefix="smoke_"))
+
+    def remove():
+        shutil.rmtree(out, ignore_errors=True)
+        print(f"(smoke run: removed {out}; pass --out-dir to keep the outputs)")
+    atexit.register(remove)
+    return out
+
+
 def resolve_output_dirs(args: argparse.Namespace) -> tuple[Path, Path, Path]:
     """(figures_dir, results_dir, runs_dir). --smoke never writes over the committed report/."""
     out = args.out_dir
     if out is None:
-        out = Path(tempfile.mkdtemp(prefix="smoke_")) if args.smoke else REPORT_DIR
-    runs = args.runs_dir if args.runs_dir is not None else (out / "runs" if args.smoke else RUNS_DIR)
+        out = smoke_output_dir() if args.smoke else REPORT_DIR
+    runs = getattr(args, "runs_dir", None)
+    runs = runs if runs is not None else (out / "runs" if args.smoke else RUNS_DIR)
     fig, res = out / "figures", out / "results"
-    for d in (fig, res, runs):
+    for d in (fig, res) + ((runs,) if hasattr(args, "runs_dir") else ()):  # no runs/ for scripts without
         d.mkdir(parents=True, exist_ok=True)
     return fig, res, runs
 
@@ -179,6 +206,7 @@ def write_json_atomic(path: Path, obj) -> Path:
         with os.fdopen(fd, "w") as f:
             json.dump(_jsonable(obj), f, indent=1)
             f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

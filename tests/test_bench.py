@@ -1,6 +1,7 @@
 """The speed benchmark's --smoke mode: structure of bench.json and that both paths really trained."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from common.bench import matmul_gflops, train_flops_per_image
@@ -23,6 +24,7 @@ def test_matmul_gflops_is_positive():
     assert matmul_gflops(n=128, seconds=0.05) > 0
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_bench_smoke_writes_structured_json(tmp_path, data_dir):
     from common.bench import main

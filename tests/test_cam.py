@@ -107,6 +107,7 @@ def test_loader_returns_the_official_classes_in_order():
 
 
 @needs_imagenette
+@pytest.mark.slow
 def test_smoke_run(tmp_path):
     run_script("lab_cam.py", tmp_path, "--gradcam-images", "5", timeout=120)
     res = load_result(tmp_path, "lab_cam")

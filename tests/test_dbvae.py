@@ -7,6 +7,7 @@ weights were proportional to the density instead of its inverse.
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import h5py
@@ -15,8 +16,11 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from common.dbvae import (DBVAE, IMAGE_SHAPE, StandardCNN, dbvae_loss, epoch_batches, kl_latent_loss, load_h5,
-                          parse_utkface_name, reparameterize, sampling_probabilities)
+from common.dbvae import (DBVAE, IMAGE_SHAPE, Augment, DBVAELoss, FaceBatches, StandardCNN, compare_paired,
+                          dark_gap, dbvae_loss, epoch_batches, group_variance, jittered_copy, kl_latent_loss,
+                          load_h5, parse_utkface_name, rejection_threshold, reparameterize,
+                          sampling_probabilities, sampling_summary, group_metrics)
+from common.stats import sign_flip_p_value
 from conftest import DATA_DIR, load_result, run_script
 
 HAS_FACES = (DATA_DIR / "UTKFace").is_dir() and (DATA_DIR / "imagenette2-160").is_dir()
@@ -88,6 +92,23 @@ def test_dbvae_loss_is_per_example_mean():
         ref.append(bce + (vae if y[i] == 1 else 0.0))
     torch.testing.assert_close(dbvae_loss(x, y, logit, mu, logsigma, recon, kw), torch.stack(ref).mean(),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_dbvae_loss_callable_equals_dbvae_loss():
+    """The training loop's DBVAELoss (decoder on faces only) equals the full-batch dbvae_loss exactly, given
+    the same reparameterisation noise, and gives the same gradients."""
+    torch.manual_seed(0)
+    model = DBVAE(latent_dim=8)
+    x, y = torch.rand(6, *IMAGE_SHAPE), torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
+    loss, logit = DBVAELoss(0.1, torch.Generator().manual_seed(5))(model, x, y)
+    ref = dbvae_loss(x, y, *model(x, generator=torch.Generator().manual_seed(5)), kl_weight=0.1)
+    torch.testing.assert_close(loss, ref, atol=1e-6, rtol=1e-6)
+    g1 = torch.autograd.grad(loss, list(model.parameters()))
+    loss2, _ = DBVAELoss(0.1, torch.Generator().manual_seed(5))(model, x, y)
+    ref2 = dbvae_loss(x, y, *model(x, generator=torch.Generator().manual_seed(5)), kl_weight=0.1)
+    g2 = torch.autograd.grad(ref2, list(model.parameters()))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
 def test_model_shapes():
@@ -173,20 +194,29 @@ def test_load_h5(tmp_path):
     assert torch.equal(x[2, 0], torch.from_numpy(imgs[2, :, :, 2]))
 
 
+@pytest.mark.slow
 @needs_faces
 def test_smoke_run(tmp_path):
     run_script("lab_dbvae.py", tmp_path, "--threads", "1", timeout=240)
     r = load_result(tmp_path, "lab_dbvae")
     assert r["groups"] == ["LF", "LM", "DF", "DM"] and len(r["seeds"]) >= 2
-    for kind in ("standard", "dbvae"):
-        assert set(r[kind]["group_acc"]) == set(r["groups"])
-        assert 0 <= r[kind]["group_var"] <= 50 ** 2  # percent^2: at most (100/2)^2
-        assert len(r[kind]["per_seed"]) == len(r["seeds"])
-    assert r["data"]["counts"]["train_dark_faces"] > 0
-    for name in ("groups", "sampling", "recon"):
+    assert set(r["metrics"]) == {"standard", "dbvae", "standard_nodark"}
+    assert set(r["comparison"]) == {"aligned", "jittered", "mit"}
+    for t, c in r["comparison"].items():
+        assert {"endpoint", "standard", "dbvae", "mean_diff", "ci95", "p_value", "verdict"} <= set(c)
+        assert c["verdict"] in ("lower", "higher", "no significant difference")
+    for kind, m in r["metrics"].items():
+        for t in ("aligned", "jittered", "mit"):
+            assert set(m[t]["detect"]) == set(r["groups"])
+            assert 0 <= m[t]["group_var"]["mean"] <= 50 ** 2  # percent^2: at most (100/2)^2
+    assert r["data"]["dark_fractions"]["standard_nodark"] == 0.0 and r["data"]["dark_fractions"]["standard"] > 0
+    assert r["primary_endpoint"]["name"] == "jittered_group_var"
+    assert len(r["sampling"]["per_epoch"]) == r["config"]["epochs"]
+    for name in ("groups", "paired", "sampling"):
         assert (tmp_path / "figures" / f"lab_dbvae_{name}.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 @needs_faces
 def test_smoke_run_h5(tmp_path):
     """--h5 path end to end with a tiny synthetic file (training from it, testing on held-out data)."""
@@ -196,6 +226,121 @@ def test_smoke_run_h5(tmp_path):
         f["images"] = rng.integers(0, 256, (48, 64, 64, 3), dtype=np.uint8)
         f["labels"] = (np.arange(48) % 2).astype(np.float32)[:, None]
     out = tmp_path / "out"
-    run_script("lab_dbvae.py", out, "--h5", str(path), "--seeds", "0", "--threads", "1", timeout=240)
+    run_script("lab_dbvae.py", out, "--h5", str(path), "--seeds", "0", "1", "--threads", "1", timeout=240)
     r = load_result(out, "lab_dbvae")
-    assert r["data"]["source"] == "h5" and r["data"]["counts"]["train_faces"] == 24
+    assert r["data"]["source"] == "h5" and r["data"]["counts"]["train_faces"]["standard"] == 24
+    assert r["sampling"] is None and "standard_nodark" not in r["metrics"]
+
+
+# ----------------------------------------------------------------------------- issue 11: metrics and statistics
+def test_rejection_threshold_hand_computed():
+    """200 non-faces with scores 0..199 (shuffled): 99 % rejection = the 198th smallest = 197; faces above it
+    are detected, and exactly 198 of 200 non-faces (99 %) are at or below it."""
+    neg = torch.randperm(200, generator=torch.Generator().manual_seed(0)).double()
+    t = rejection_threshold(neg, 0.99)
+    assert t == 197.0
+    assert (neg <= t).sum().item() == 198
+    # 10 non-faces 1..10: ceil(9.9) = 10 -> the largest; 90 % -> the 9th smallest = 9
+    neg10 = torch.arange(1.0, 11.0)
+    assert rejection_threshold(neg10, 0.99) == 10.0 and rejection_threshold(neg10, 0.9) == 9.0
+    # a wrong implementation (e.g. torch.quantile's interpolation) would give 197.01 here
+    assert rejection_threshold(neg, 0.99) != torch.quantile(neg, 0.99).item()
+
+
+def test_group_metrics_hand_computed():
+    """Detection rate, AUC, group variance and dark gap on a tiny example, computed by hand."""
+    neg = torch.arange(100.0)                         # threshold at 99 %: the 99th smallest = 98
+    faces = {"LF": torch.tensor([99.0, 120.0, 0.5, 200.0]),     # 3 of 4 above 98 -> 0.75
+             "LM": torch.tensor([150.0, 150.0, 150.0, 150.0]),  # 1.0
+             "DF": torch.tensor([10.0, 99.5, 20.0, 30.0]),      # 0.25
+             "DM": torch.tensor([98.0, 97.0, 99.0, 101.0])}     # 98 is not > 98: 0.5
+    m = group_metrics(faces, neg, 0.99)
+    assert m["threshold"] == 98.0 and m["nonface_rejected"] == 0.99
+    assert m["detect"] == {"LF": 0.75, "LM": 1.0, "DF": 0.25, "DM": 0.5}
+    rates = [75.0, 100.0, 25.0, 50.0]
+    mean = sum(rates) / 4
+    assert m["group_var"] == pytest.approx(sum((r - mean) ** 2 for r in rates) / 4)   # 781.25 %^2
+    assert m["group_var"] == pytest.approx(781.25)
+    assert m["dark_gap"] == pytest.approx((75 + 100) / 2 - 25)                        # 62.5 points
+    # AUC of LM (all above every non-face) is 1; of DF: pairs (face > neg) + 0.5 ties over 4 * 100
+    assert m["auc"]["LM"] == 1.0
+    wins = sum(float((f > neg).sum() + 0.5 * (f == neg).sum()) for f in faces["DF"])
+    assert m["auc"]["DF"] == pytest.approx(wins / 400)
+    assert m["mean_p_face"]["LM"] == pytest.approx(torch.sigmoid(torch.tensor(150.0)).item())
+
+
+def test_sign_flip_permutation_hand_computed():
+    """Exact two-sided sign-flip test on 4 paired differences, by enumerating the 16 sign patterns by hand."""
+    d = [1.0, 2.0, 3.0, 4.0]
+    obs = abs(sum(d) / 4)
+    patterns = [[s * x for s, x in zip(signs, d)] for signs in itertools.product((1, -1), repeat=4)]
+    p_hand = sum(abs(sum(p) / 4) >= obs - 1e-12 for p in patterns) / len(patterns)    # 2 / 16
+    assert p_hand == 0.125
+    assert sign_flip_p_value(d) == pytest.approx(p_hand)
+    # a mixed example: d = (3, -1, 2, -2), |mean| = 0.5. By hand: a flipped sum 3a - b + 2c - 2d is even, and
+    # only the patterns (+, -, -, +) and (-, +, +, -) give 0 < 2, so 14 of 16 patterns are as extreme: p = 14/16
+    d2 = [3.0, -1.0, 2.0, -2.0]
+    obs2 = abs(sum(d2) / 4)
+    p2 = sum(abs(sum(s * x for s, x in zip(signs, d2)) / 4) >= obs2 - 1e-12
+             for signs in itertools.product((1, -1), repeat=4)) / 16
+    assert sign_flip_p_value(d2) == pytest.approx(p2)
+    assert p2 == 14 / 16
+
+
+def test_compare_paired_verdict():
+    """DB-VAE lower on all 8 seeds by a clear margin -> "lower" (exact p = 2/256); mixed -> no difference."""
+    std = [10.0, 12.0, 9.0, 11.0, 14.0, 10.5, 13.0, 12.5]
+    db = [s - 5.0 - 0.1 * i for i, s in enumerate(std)]
+    c = compare_paired(std, db, "x")
+    assert c["mean_diff"] == pytest.approx(sum(b - a for a, b in zip(std, db)) / 8)
+    assert c["p_value"] == pytest.approx(2 / 256)
+    assert c["ci95"][1] < 0 and c["verdict"] == "lower"
+    assert compare_paired(db, std, "x")["verdict"] == "higher"
+    mixed = [s + (1.0 if i % 2 else -1.0) for i, s in enumerate(std)]
+    assert compare_paired(std, mixed, "x")["verdict"] == "no significant difference"
+
+
+def test_augment_and_jittered_copy():
+    """Identity settings leave images unchanged; the jittered copy is reproducible and moves the content."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, *IMAGE_SHAPE, generator=g)
+    same = Augment(0.0, 1.0, 1.0, 0.0)(x, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(same, x, atol=1e-5, rtol=0)
+    u8 = (x * 255).round().to(torch.uint8)
+    a, b = jittered_copy(u8, Augment(), 7), jittered_copy(u8, Augment(), 7)
+    assert torch.equal(a, b) and a.dtype == torch.uint8 and a.shape == u8.shape
+    assert not torch.equal(a, jittered_copy(u8, Augment(), 8))
+    assert (a.float() - u8.float()).abs().mean() > 5
+
+
+def test_face_batches_pair_models():
+    """Same seed -> same non-faces and augmentation for both models; half faces, half non-faces."""
+    faces = torch.randint(0, 256, (40, *IMAGE_SHAPE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    negs = torch.randint(0, 256, (30, *IMAGE_SHAPE), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    a, b = FaceBatches(faces, negs, 8, 3, "cpu"), FaceBatches(faces, negs, 8, 3, "cpu")
+    b.p_faces = torch.full((40,), 1 / 40, dtype=torch.float64)
+    ba, bb = list(a), list(b)
+    assert len(ba) == len(a) == 40 // 4
+    for (xa, ya), (xb, yb) in zip(ba, bb):
+        assert xa.shape == (8, *IMAGE_SHAPE) and ya.tolist() == [1.0] * 4 + [0.0] * 4
+        torch.testing.assert_close(xa[4:], xb[4:])          # the same non-faces in the same order
+
+
+def test_sampling_summary_and_group_helpers():
+    assert group_variance({"LF": 1.0, "LM": 1.0, "DF": 1.0, "DM": 1.0}) == 0.0
+    assert dark_gap({"LF": 0.9, "LM": 0.7, "DF": 0.5, "DM": 0.6}) == pytest.approx(30.0)
+    hist = {0: [{"dark_sampling_mass": 0.02, "dark_mean_p_percentile": 60.0}],
+            1: [{"dark_sampling_mass": 0.04, "dark_mean_p_percentile": 70.0}]}
+    s = sampling_summary(hist, 0.01, 1)
+    assert s["per_epoch"][0]["dark_mass"]["mean"] == pytest.approx(0.03)
+    assert s["per_epoch"][0]["mass_over_share"] == pytest.approx(3.0)
+
+
+def test_cli_refuses_bad_numbers():
+    from lab_dbvae import get_args
+    for bad in (["--train-faces", "-5"], ["--dark-fraction", "1.5"], ["--alpha", "0"], ["--seeds", "-1"],
+                ["--test-per-group", "0"], ["--kl-weight", "-1"]):
+        with pytest.raises(SystemExit):
+            get_args(bad)
+    a = get_args([])
+    assert len(a.seeds) >= 8 and a.train_faces == 2000 and a.dark_fraction == 0.01

@@ -8,9 +8,10 @@ import torch
 
 import ex3_classifier_decoding as ex3
 import ex5_finetune as ex5
-from common.data import TensorData
+from common import fewshot
+from common.data import TensorData, first_n_subset
 from common.models import AutoEncoder, Classifier
-from common.train import aggregate_histories, fit, overfitting_summary
+from common.train import aggregate_histories, fit, fit_seeds, overfitting_summary, predict
 from common.utils import seed_everything
 from conftest import load_result, needs_mnist, run_script
 
@@ -50,7 +51,7 @@ def test_ex5_encoder_starts_equal_to_the_autoencoder_encoder():
     for m in ae.modules():  # non-default BN statistics, so the copy of buffers is checked too
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_()
-    args = argparse.Namespace(latent_dim=12, channels=(8, 16), hidden=64)
+    args = argparse.Namespace(latent_dim=12, channels=(8, 16), hidden=64, dropout=0.0)
     model = ex5.make_model(args, ae, freeze=False)
     for k, v in ae.encoder.state_dict().items():
         assert torch.equal(model.encoder.state_dict()[k], v)
@@ -74,29 +75,127 @@ def test_overfitting_summary_and_aggregation():
     assert "test_loss" not in mean[1]
 
 
+def _untimed(history):
+    return [{k: v for k, v in row.items() if not k.endswith("time_s")} for row in history]
+
+
+def _few_label_problem(n_total=96, n_labelled=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n_total, 1, 28, 28, generator=g)
+    y = torch.randint(0, 10, (n_total,), generator=g)
+    full = TensorData(x, y)
+    return full, first_n_subset(full, n_labelled)
+
+
+def test_first_n_subset_records_exactly_the_indices_it_took():
+    full, few = _few_label_problem(n_labelled=20)
+    assert torch.equal(few.index, torch.arange(20))
+    assert torch.equal(few.x, full.x[:20]) and torch.equal(few.y, full.y[:20])
+    # composition: a subset of a subset still records indices into the original
+    assert torch.equal(few.subset(torch.tensor([3, 5])).index, torch.tensor([3, 5]))
+    assert torch.equal(full.subset(torch.tensor([7, 9])).subset(torch.tensor([1])).index, torch.tensor([9]))
+
+
+def test_a_seed_gives_the_same_result_alone_as_among_other_seeds():
+    """fit_seeds reseeds before every model: seed 1's run must not depend on seed 0 having run first."""
+    full, few = _few_label_problem()
+    make = lambda: Classifier(channels=(4, 8), hidden=16)
+    kw = dict(device=torch.device("cpu"), desc="t", epochs=3, lr=1e-2, batch_size=8, eval_every=1,
+              schedule="constant", final_test=full)
+    both = fit_seeds(make, [0, 1], few, full.subset(torch.arange(40)), **kw)
+    alone = fit_seeds(make, [1], few, full.subset(torch.arange(40)), **kw)
+    assert _untimed(both["history"]["1"]) == _untimed(alone["history"]["1"])
+    assert both["final_test_acc"]["values"][1] == alone["final_test_acc"]["values"][0]
+    assert _untimed(both["history"]["0"]) != _untimed(both["history"]["1"])  # and the seeds really differ
+
+
+def test_fit_seeds_summaries_use_the_final_evaluation_on_the_whole_test_set():
+    full, few = _few_label_problem()
+    r = fit_seeds(lambda: Classifier(channels=(4, 8), hidden=16), [0, 1, 2], few, full.subset(torch.arange(10)),
+                  final_test=full, device=torch.device("cpu"), desc="t", epochs=2, lr=1e-2, batch_size=10,
+                  eval_every=1, schedule="constant")
+    assert r["curve_test_size"] == 10 and r["final_test_size"] == len(full)
+    acc = r["final_test_acc"]
+    # accuracies on 96 images are multiples of 1/96; the curve subset (10 images) gives multiples of 1/10
+    assert all(abs(v * 96 - round(v * 96)) < 1e-9 for v in acc["values"])
+    assert acc["mean"] == pytest.approx(sum(acc["values"]) / 3)
+    assert acc["ci95"][0] <= acc["mean"] <= acc["ci95"][1]
+
+
+def test_confident_per_class_against_a_hand_computation():
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.8, 0.2], [0.3, 0.7], [0.45, 0.55]])
+    # class 0 rows (0, 1, 2) by confidence: 0 (0.9), 2 (0.8), 1 (0.6); class 1 rows: 3 (0.7), 4 (0.55)
+    assert fewshot.confident_per_class(probs, 2 / 3).tolist() == [0, 2, 3]  # round(2/3*3)=2, round(2/3*2)=1
+    assert fewshot.confident_per_class(probs, 1.0).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_label_spreading_labels_two_separated_clusters_from_one_label_each():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(30, 2, generator=g) * 0.1
+    b = torch.randn(30, 2, generator=g) * 0.1 + torch.tensor([5.0, 5.0])
+    z_lab, y_lab = torch.stack([a[0], b[0]]), torch.tensor([3, 7])
+    probs = fewshot.label_spreading(z_lab, y_lab, torch.cat([a[1:], b[1:]]), n_neighbors=5)
+    assert probs.shape == (58, 10) and torch.allclose(probs.sum(1), torch.ones(58))
+    truth = torch.tensor([3] * 29 + [7] * 29)
+    # points whose directed 5-NN paths never reach a labelled point know nothing: uniform, never a
+    # confident wrong class (sklearn's transduction_ would call them class 3 = classes_[0])
+    reached = probs.max(1).values > 0.1 + 1e-6
+    assert torch.equal(probs.argmax(1)[reached], truth[reached])
+    assert torch.allclose(probs[~reached], torch.full((int((~reached).sum()), 10), 0.1))
+    assert reached[:29].any() and reached[29:].any()
+
+
+def test_selftrain_never_reads_a_label_beyond_the_labelled_set():
+    """The unlabelled images reach self-training with their labels removed: scrambling every label
+    beyond index n_labelled - 1 must leave the result bit-identical."""
+    full, few = _few_label_problem(n_total=120, n_labelled=20)
+    scrambled = TensorData(full.x, torch.cat([full.y[:20], (full.y[20:] + 3) % 10]))
+    args = argparse.Namespace(latent_dim=12, channels=(4, 8), hidden=16, dropout=0.0, neighbours=5,
+                              rounds=[0.5, 1.0], smoke=False, round_epochs=1, round_lr=1e-2, round_batch_size=32)
+    torch.manual_seed(0)
+    ae = AutoEncoder(channels=(4, 8))
+    out = []
+    for f in (full, scrambled):
+        data = fewshot.FewLabelData(full_train=f, train=first_n_subset(f, 20), curve_test=few, test=few)
+        model, hist = ex5.selftrain_fn(args, ae, data, torch.device("cpu"))(seed_everything(0), "t")
+        out.append((hist, predict(model, full.x, torch.device("cpu"))))
+    assert _untimed(out[0][0]) == _untimed(out[1][0])
+    assert torch.equal(out[0][1], out[1][1])
+    assert [r["round"] for r in out[0][0]] == [0, 1]
+
+
+@pytest.mark.slow
 @needs_mnist
 def test_ex4_smoke_uses_exactly_the_first_100_examples(tmp_path, data_dir):
     run_script("ex4_few_shot.py", tmp_path)
     r = load_result(tmp_path, "ex4")
     from torchvision.datasets import MNIST
-    assert r["train_indices"] == list(range(100)) == torch.arange(100).tolist()
+    assert torch.equal(torch.tensor(r["train_indices"]), torch.arange(100))  # what the run recorded using
     assert r["train_labels"] == MNIST(str(data_dir), train=True).targets[:100].tolist()
-    assert {"mean", "std"} <= r["final_test_acc"].keys() and len(r["seeds"]) >= 2
-    assert r["best_epoch_test_loss"] in [row["epoch"] for row in r["mean_history"]]
+    assert sum(r["train_class_counts"]) == 100
+    for key in ("final_test_acc", "final_test_loss"):
+        assert {"mean", "std", "ci95", "values"} <= r[key].keys() and len(r[key]["values"]) == len(r["seeds"])
+    assert len(r["seeds"]) >= 2
+    assert r["overfitting"]["epoch_min_test_loss"] in [row["epoch"] for row in r["mean_history"]]
     assert (tmp_path / "figures" / "ex4_curves.png").exists()
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_ex5_smoke_trains_missing_autoencoder_and_all_variants(tmp_path):
     proc = run_script("ex5_finetune.py", tmp_path)
     assert "not found: training the ex1 conv+FC autoencoder first" in proc.stdout
     r = load_result(tmp_path, "ex5")
-    assert set(r["variants"]) == set(ex5.VARIANTS)
-    assert all({"mean", "std"} <= v["final_test_acc"].keys() for v in r["variants"].values())
+    assert set(r["variants"]) == set(ex5.DEFAULT)
+    for name, v in r["variants"].items():
+        assert {"mean", "std", "ci95", "values"} <= v["final_test_acc"].keys()
+        if name != "scratch":
+            assert {"mean_diff", "ci95", "p_value"} <= v["vs_scratch"].keys()
     assert r["train_indices"] == list(range(100))
     assert (tmp_path / "figures" / "ex45_compare.png").exists()
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_ex3_smoke(tmp_path):
     run_script("ex3_classifier_decoding.py", tmp_path)

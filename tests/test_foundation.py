@@ -113,6 +113,7 @@ def test_missing_data_raises_clear_error(tmp_path, monkeypatch):
     assert "DATA_DIR" in str(err.value) and "--data-dir" in str(err.value)
 
 
+@pytest.mark.slow
 def test_script_without_data_stops_with_one_clear_message(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, "ex1_autoencoder.py", "--smoke", "--out-dir", str(tmp_path / "o"),
@@ -217,6 +218,7 @@ def _strip_times(obj):
 
 
 @needs_mnist
+@pytest.mark.slow
 def test_ex1_smoke_writes_results_and_figures_deterministically(tmp_path):
     run_script("ex1_autoencoder.py", tmp_path / "a")
     r = load_result(tmp_path / "a", "ex1")
@@ -230,6 +232,7 @@ def test_ex1_smoke_writes_results_and_figures_deterministically(tmp_path):
 
 
 @needs_mnist
+@pytest.mark.slow
 def test_ex1_resume_with_foreign_checkpoint_is_a_clear_error(tmp_path):
     runs = tmp_path / "runs"
     save_checkpoint(runs / "ex1_conv.pt", Classifier())
@@ -241,6 +244,7 @@ def test_ex1_resume_with_foreign_checkpoint_is_a_clear_error(tmp_path):
 
 
 @needs_mnist
+@pytest.mark.slow
 def test_ex2_smoke_writes_results_and_figures(tmp_path):
     run_script("ex2_classifier.py", tmp_path)
     r = load_result(tmp_path, "ex2")
