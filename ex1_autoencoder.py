@@ -16,9 +16,9 @@ import time
 import torch
 
 from common.data import load_mnist, smoke_slice
-from common.models import AutoEncoder, count_parameters
+from common.models import AE_RECIPE, AutoEncoder, count_parameters
 from common.plots import image_rows, plot_curves
-from common.train import fit, mean_l1, predict
+from common.train import fit, mean_l1, predict, tensorboard_dir
 from common.utils import (add_common_args, pick_device, positive_int, resolve_output_dirs, run_config, run_main,
                           seed_everything, write_json_atomic)
 
@@ -27,7 +27,7 @@ VARIANTS = {"conv": False, "conv_fc": True}  # name -> use an FC layer at the la
 
 def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p, epochs=15, batch_size=128, lr=3e-3)
+    add_common_args(p, **AE_RECIPE)  # the recipe ex3/ex5 expect of runs/ex1_conv_fc.pt (common.models)
     p.add_argument("--latent-dim", type=positive_int, default=12, help="size d of the latent code (default 12)")
     p.add_argument("--channels", type=positive_int, nargs="+", default=[32, 64, 128],
                    help="conv channels per stride-2 layer (default 32 64 128)")
@@ -57,10 +57,28 @@ def is_collapsed(recon: torch.Tensor, x: torch.Tensor, tol: float = 0.9) -> bool
     return bool(mean_l1(recon, x) > tol * all_black or spread < 0.01)
 
 
+def train_variant(name: str, args, train, test, device, runs_dir, tb_root) -> tuple[dict, list[dict], torch.Tensor]:
+    """Train one autoencoder variant from the run's seed: (its results entry, history, test reconstructions)."""
+    gen = seed_everything(args.seed)  # each variant starts from the same seed
+    model = AutoEncoder(args.latent_dim, args.channels, fc=VARIANTS[name]).to(device)
+    hist = fit(model, train, test, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, gen=gen,
+               device=device, reconstruct=True, ckpt_path=runs_dir / f"ex1_{name}.pt",
+               resume=args.resume, desc=f"ex1 {name}",
+               tb_dir=tb_root / name if tb_root else None, hparams=run_config(args))
+    recon = predict(model, test.x, device)  # (N, 1, 28, 28)
+    collapsed = is_collapsed(recon, test.x)
+    if collapsed:
+        print(f"WARNING: ex1 {name} collapsed to a near-constant output (see report, 'collapse').")
+    entry = {"test_l1": mean_l1(recon, test.x).item(), "train_l1_last_epoch": hist[-1]["train_loss"],
+             "params": count_parameters(model), "collapsed": collapsed,
+             "latent_shape": list(model.encoder(test.x[:1].to(device)).shape[1:])}
+    return entry, hist, recon
+
+
 def main(argv=None) -> dict:
     args = get_args(argv)
     fig_dir, res_dir, runs_dir = resolve_output_dirs(args)
-    gen = seed_everything(args.seed)
+    seed_everything(args.seed)
     device = pick_device(args.device)
     t_start = time.perf_counter()
 
@@ -72,22 +90,10 @@ def main(argv=None) -> dict:
     results = {"name": "ex1", "config": run_config(args), "seed": args.seed, "latent_dim": args.latent_dim,
                "variants": {}, "history": {}}
     recons = {}
+    tb_root = tensorboard_dir(args, "ex1")  # None unless --tensorboard
     for name in args.variants:
-        gen = seed_everything(args.seed)  # each variant starts from the same seed
-        model = AutoEncoder(args.latent_dim, args.channels, fc=VARIANTS[name]).to(device)
-        hist = fit(model, train, test, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, gen=gen,
-                   device=device, reconstruct=True, ckpt_path=runs_dir / f"ex1_{name}.pt",
-                   resume=args.resume, desc=f"ex1 {name}")
-        recon = predict(model, test.x, device)  # (N, 1, 28, 28)
-        collapsed = is_collapsed(recon, test.x)
-        if collapsed:
-            print(f"WARNING: ex1 {name} collapsed to a near-constant output (see report, 'collapse').")
-        recons[name] = recon
-        results["history"][name] = hist
-        results["variants"][name] = {
-            "test_l1": mean_l1(recon, test.x).item(), "train_l1_last_epoch": hist[-1]["train_loss"],
-            "params": count_parameters(model), "collapsed": collapsed,
-            "latent_shape": list(model.encoder(test.x[:1].to(device)).shape[1:])}
+        results["variants"][name], results["history"][name], recons[name] = train_variant(
+            name, args, train, test, device, runs_dir, tb_root)
 
     pca = pca_l1(train.x, test.x, args.latent_dim, args.seed)
     results["pca_test_l1"] = pca["test_l1"]

@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from common.data import load_mnist, random_affine, smoke_slice
-from common.models import Classifier, Lab2CNN, LabMLP, SkipMLP, count_parameters
+from common.data import load_mnist, smoke_slice
+from common.models import CLASSIFIER_RECIPE, Classifier, Lab2CNN, LabMLP, SkipMLP, count_parameters
 from common.plots import plot_curves
-from common.train import fit
+from common.train import fit, tensorboard_dir
 from common.utils import (add_common_args, pick_device, positive_int, resolve_output_dirs, run_config, run_main,
                           seed_everything, write_json_atomic)
 
@@ -26,12 +26,15 @@ BASELINES = {"lab2_cnn": Lab2CNN, "lab_mlp": LabMLP, "skip_mlp": SkipMLP}
 
 def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p, epochs=15, batch_size=128, lr=3e-3)
+    # the recipe ex3 expects of runs/ex2_classifier.pt (common.models.CLASSIFIER_RECIPE)
+    add_common_args(p, epochs=CLASSIFIER_RECIPE["epochs"], batch_size=CLASSIFIER_RECIPE["batch_size"],
+                    lr=CLASSIFIER_RECIPE["lr"])
     p.add_argument("--latent-dim", type=positive_int, default=12, help="encoder output size d (default 12)")
     p.add_argument("--channels", type=positive_int, nargs="+", default=[32, 64, 128],
                    help="encoder conv channels, as in ex1 (default 32 64 128)")
     p.add_argument("--hidden", type=positive_int, default=64, help="MLP hidden units (default 64)")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                   default=CLASSIFIER_RECIPE["augment"] is not None,
                    help="random shifts (<=2 px) and rotations (<=10 deg) of training digits (default on)")
     p.add_argument("--baselines", nargs="*", choices=list(BASELINES), default=list(BASELINES),
                    help="baseline networks to train too (default: all; pass none to skip)")
@@ -49,7 +52,7 @@ def main(argv=None) -> dict:
     train, test = load_mnist(args.data_dir, train=True), load_mnist(args.data_dir, train=False)
     if args.smoke:
         train, test, args.epochs, args.baseline_epochs = smoke_slice(train, 1024), smoke_slice(test, 256), 1, 1
-    augment = random_affine if args.augment else None
+    augment = CLASSIFIER_RECIPE["augment"] if args.augment else None  # data.random_affine
     print(f"ex2: {len(train)} train / {len(test)} test images, device={device}, augment={args.augment}")
 
     def train_one(name, model, epochs, ckpt):
@@ -57,7 +60,8 @@ def main(argv=None) -> dict:
         model = model.to(device)
         hist = fit(model, train, test, epochs=epochs, lr=args.lr, batch_size=args.batch_size, gen=gen,
                    device=device, augment=augment, ckpt_path=runs_dir / ckpt, resume=args.resume,
-                   desc=f"ex2 {name}")
+                   desc=f"ex2 {name}", hparams=run_config(args),
+                   tb_dir=tensorboard_dir(args, f"ex2/{name}"))
         return {"test_acc": hist[-1]["test_acc"], "test_loss": hist[-1]["test_loss"],
                 "params": count_parameters(model), "history": hist}
 

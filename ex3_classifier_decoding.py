@@ -11,7 +11,8 @@ measured on the test set (after standardising each latent dimension):
 plus a t-SNE map of both spaces coloured by digit.
 
 Checkpoints runs/ex2_classifier.pt and runs/ex1_conv_fc.pt are reused; a missing one is trained
-first with its script's default recipe (and the script says so).
+first with its script's recipe (common.models CLASSIFIER_RECIPE / AE_RECIPE, and the script says so),
+and one trained with another recipe is refused.
 
     python ex3_classifier_decoding.py           # report/figures/ex3_*.png, report/results/ex3.json
     python ex3_classifier_decoding.py --smoke   # seconds, into a temp dir
@@ -23,10 +24,10 @@ import time
 
 import torch
 
-from common.data import load_mnist, random_affine, smoke_slice
-from common.models import AutoEncoder, Classifier, Decoder, EncoderDecoder
+from common.data import load_mnist, smoke_slice
+from common.models import AE_RECIPE, CLASSIFIER_RECIPE, AutoEncoder, Classifier, Decoder, EncoderDecoder
 from common.plots import digit_panels, scatter_panels
-from common.train import cross_entropy, fit, fit_recipe, load_or_train, mean_l1, predict
+from common.train import cross_entropy, fit, fit_recipe, load_or_train, mean_l1, predict, tensorboard_dir
 from common.utils import (add_common_args, pick_device, positive_int, resolve_output_dirs, run_config, run_main,
                           seed_everything, write_json_atomic)
 
@@ -41,9 +42,28 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--per-class", type=positive_int, default=6, help="digits per class in the figure (default 6)")
     p.add_argument("--tsne-n", type=positive_int, default=3000, help="test points in the t-SNE maps (default 3000)")
     p.add_argument("--knn", type=positive_int, default=5, help="k of the k-NN accuracy (default 5)")
-    g = p.add_argument_group("prerequisites (only trained if their checkpoint is missing; the scripts' defaults)")
-    g.add_argument("--pretrain-epochs", type=positive_int, default=15, help="ex1/ex2 epochs (default 15)")
+    g = p.add_argument_group("prerequisites (only trained if their checkpoint is missing; ex1's and ex2's recipes)")
+    g.add_argument("--pretrain-epochs", type=positive_int, default=None,
+                   help="epochs of the ex1 autoencoder and the ex2 classifier (default: their recipes', "
+                        f"{AE_RECIPE['epochs']} and {CLASSIFIER_RECIPE['epochs']})")
     return p.parse_args(argv)
+
+
+def prerequisite(name: str, what: str, recipe: dict, reconstruct: bool, args, train, test, runs_dir, device, *,
+                 make):
+    """The model in runs/<name>.pt, or, when missing, `make()` trained here with `recipe` (fit keyword
+    arguments from common.models, the epochs overridden by --pretrain-epochs); a checkpoint trained with
+    another recipe is refused (load_or_train)."""
+    recipe = dict(recipe, epochs=args.pretrain_epochs or recipe["epochs"])
+    path = runs_dir / f"{name}.pt"
+
+    def train_here(model):
+        fit(model.to(device), train, test, **recipe, gen=seed_everything(args.seed), device=device,
+            reconstruct=reconstruct, ckpt_path=path, desc=f"{name} (prerequisite)")
+
+    expected = fit_recipe(**recipe, train_size=len(train), loss_fn=mean_l1 if reconstruct else cross_entropy)
+    seed_everything(args.seed)
+    return load_or_train(path, make(), train_here, what, expected).to(device)
 
 
 def classifier_decoder(classifier: Classifier, latent_dim: int, channels) -> EncoderDecoder:
@@ -68,55 +88,11 @@ def latent_stats(z: torch.Tensor, y: torch.Tensor) -> dict:
             "ratio": (between.mean() / within.mean()).item()}
 
 
-def main(argv=None) -> dict:
-    args = get_args(argv)
-    fig_dir, res_dir, runs_dir = resolve_output_dirs(args)
-    device = pick_device(args.device)
-    t_start = time.perf_counter()
-
-    train, test = load_mnist(args.data_dir, train=True), load_mnist(args.data_dir, train=False)
-    if args.smoke:
-        train, test = smoke_slice(train, 1024), smoke_slice(test, 500)
-        args.epochs, args.pretrain_epochs, args.tsne_n = 1, 1, 200
-
-    # ---- prerequisites: the ex2 classifier and the ex1 conv+FC autoencoder (same recipes as ex1/ex2)
-    recipe = dict(epochs=args.pretrain_epochs, lr=3e-3, batch_size=128)  # ex1/ex2 defaults
-
-    def pretrain(name, reconstruct, augment=None):
-        def run(model):
-            fit(model.to(device), train, test, **recipe, gen=seed_everything(args.seed), device=device,
-                reconstruct=reconstruct, augment=augment, ckpt_path=runs_dir / f"{name}.pt",
-                desc=f"{name} (prerequisite)")
-        return run
-
-    def expected(reconstruct, augment=None):  # a reused checkpoint must come from this same recipe
-        return fit_recipe(**recipe, train_size=len(train), loss_fn=mean_l1 if reconstruct else cross_entropy,
-                          augment=augment)
-
-    seed_everything(args.seed)
-    cls = load_or_train(runs_dir / "ex2_classifier.pt",
-                        Classifier(args.latent_dim, args.channels, fc=True, hidden=args.hidden),
-                        pretrain("ex2_classifier", False, random_affine), "the ex2 classifier",
-                        expected(False, random_affine)).to(device)
-    seed_everything(args.seed)
-    ae = load_or_train(runs_dir / "ex1_conv_fc.pt", AutoEncoder(args.latent_dim, args.channels, fc=True),
-                       pretrain("ex1_conv_fc", True), "the ex1 conv+FC autoencoder", expected(True)).to(device)
-
-    # ---- train only the decoder on top of the frozen classifier encoder
-    gen = seed_everything(args.seed)
-    model = classifier_decoder(cls, args.latent_dim, args.channels).to(device)
-    hist = fit(model, train, test, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, gen=gen,
-               device=device, reconstruct=True, params=model.decoder.parameters(),
-               ckpt_path=runs_dir / "ex3_cls_decoder.pt", resume=args.resume, desc="ex3 decoder")
-
-    recon = {"AE (ex1)": predict(ae, test.x, device), "classifier enc. + decoder": predict(model, test.x, device)}
-    l1 = {k: mean_l1(v, test.x).item() for k, v in recon.items()}
-
-    # ---- latent-space measurements on the test set (standardised codes)
+def latent_measurements(codes: dict, train, test, args) -> tuple[dict, dict, dict]:
+    """Per latent space {name: (train codes, test codes)}: within/between-class spread, silhouette and k-NN
+    accuracy of the test codes, standardised with the training codes' statistics. (stats, sil, knn)."""
     from sklearn.metrics import silhouette_score
     from sklearn.neighbors import KNeighborsClassifier
-    codes = {"ae": (predict(ae, train.x, device, fn=ae.encoder), predict(ae, test.x, device, fn=ae.encoder)),
-             "cls": (predict(cls, train.x, device, fn=cls.encoder), predict(cls, test.x, device, fn=cls.encoder))}
     stats, sil, knn = {}, {}, {}
     for k, (z_tr, z_te) in codes.items():
         mu, sd = z_tr.mean(0), z_tr.std(0).clamp_min(1e-8)   # standardise with training statistics
@@ -124,8 +100,11 @@ def main(argv=None) -> dict:
         stats[k] = latent_stats(z_te, test.y)
         sil[k] = float(silhouette_score(z_te.numpy(), test.y.numpy(), random_state=args.seed))
         knn[k] = float(KNeighborsClassifier(args.knn).fit(z_tr.numpy(), train.y.numpy()).score(z_te.numpy(), test.y.numpy()))
+    return stats, sil, knn
 
-    # ---- figures: >= 60 digits (per_class per digit) from both decoders, and t-SNE maps
+
+def write_figures(test, recon: dict, l1: dict, codes: dict, sil: dict, args, fig_dir) -> None:
+    """>= 60 test digits (per_class per digit) from both decoders, and t-SNE maps of both latent spaces."""
     idx = torch.cat([torch.nonzero(test.y == c).flatten()[:args.per_class] for c in range(10)])
     idx = idx.view(10, -1).t().flatten()  # row r holds the r-th example of every digit 0..9
     digit_panels({"input": test.x[idx], **{f"{k}\nL1={l1[k]:.4f}": v[idx] for k, v in recon.items()}},
@@ -140,6 +119,40 @@ def main(argv=None) -> dict:
                                                       perplexity=min(30.0, n / 4)).fit_transform(z)
     scatter_panels(maps, test.y[:n], fig_dir / "ex3_tsne.png", f"t-SNE of {n} test codes (d={args.latent_dim}), coloured by digit")
 
+
+def main(argv=None) -> dict:
+    args = get_args(argv)
+    fig_dir, res_dir, runs_dir = resolve_output_dirs(args)
+    device = pick_device(args.device)
+    t_start = time.perf_counter()
+
+    train, test = load_mnist(args.data_dir, train=True), load_mnist(args.data_dir, train=False)
+    if args.smoke:
+        train, test = smoke_slice(train, 1024), smoke_slice(test, 500)
+        args.epochs, args.pretrain_epochs, args.tsne_n = 1, 1, 200
+
+    # ---- prerequisites: the ex2 classifier and the ex1 conv+FC autoencoder, with their own recipes
+    cls = prerequisite("ex2_classifier", "the ex2 classifier", CLASSIFIER_RECIPE, False, args, train, test,
+                       runs_dir, device, make=lambda: Classifier(args.latent_dim, args.channels, hidden=args.hidden))
+    ae = prerequisite("ex1_conv_fc", "the ex1 conv+FC autoencoder", AE_RECIPE, True, args, train, test,
+                      runs_dir, device, make=lambda: AutoEncoder(args.latent_dim, args.channels, fc=True))
+
+    # ---- train only the decoder on top of the frozen classifier encoder
+    gen = seed_everything(args.seed)
+    model = classifier_decoder(cls, args.latent_dim, args.channels).to(device)
+    hist = fit(model, train, test, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, gen=gen,
+               device=device, reconstruct=True, params=model.decoder.parameters(),
+               ckpt_path=runs_dir / "ex3_cls_decoder.pt", resume=args.resume, desc="ex3 decoder",
+               tb_dir=tensorboard_dir(args, "ex3"), hparams=run_config(args))
+
+    # ---- evaluate: reconstructions, and the latent spaces on the test set (standardised codes)
+    recon = {"AE (ex1)": predict(ae, test.x, device), "classifier enc. + decoder": predict(model, test.x, device)}
+    l1 = {k: mean_l1(v, test.x).item() for k, v in recon.items()}
+    codes = {"ae": (predict(ae, train.x, device, fn=ae.encoder), predict(ae, test.x, device, fn=ae.encoder)),
+             "cls": (predict(cls, train.x, device, fn=cls.encoder), predict(cls, test.x, device, fn=cls.encoder))}
+    stats, sil, knn = latent_measurements(codes, train, test, args)
+
+    write_figures(test, recon, l1, codes, sil, args, fig_dir)
     results = {"name": "ex3", "config": run_config(args), "seed": args.seed,
                "ae_test_l1": l1["AE (ex1)"], "cls_decoder_test_l1": l1["classifier enc. + decoder"],
                "silhouette": sil, "knn_acc": knn,

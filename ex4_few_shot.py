@@ -21,7 +21,7 @@ import time
 from common import fewshot
 from common.models import Classifier, count_parameters
 from common.plots import plot_curves
-from common.train import fit_seeds
+from common.train import fit_seeds, tensorboard_dir
 from common.utils import pick_device, resolve_output_dirs, run_config, run_main, write_json_atomic
 
 
@@ -47,14 +47,16 @@ def main(argv=None) -> dict:
         return Classifier(args.latent_dim, args.channels, fc=True, hidden=args.hidden, dropout=args.dropout)
 
     r = fit_seeds(make_model, seeds, data.train, data.curve_test, final_test=data.test, device=device,
-                  desc="ex4", **fewshot.fit_kwargs(args))
+                  desc="ex4", tb_dir=tensorboard_dir(args, "ex4"), hparams=run_config(args),
+                  **fewshot.fit_kwargs(args))
     results = {"name": "ex4", "config": run_config(args),
                "recipe": {"optimizer": "AdamW", **fewshot.fit_kwargs(args)}, "model": make_model().config,
                "train_indices": data.train.index, "train_labels": data.train.y,
                "train_class_counts": fewshot.class_counts(data.train.y),
                "params": count_parameters(make_model()), **r}
 
-    title = f"ex4: trained on the first {len(data.train)} images (mean ± std over {len(seeds)} seeds)"
+    title = (f"ex4: trained on the first {len(data.train)} images, mean ± std over {len(seeds)} seeds\n"
+             f"(test curves on the first {len(data.curve_test)} test images)")
     plot_curves({"from scratch": r["mean_history"]}, fig_dir / "ex4_curves.png", title)
     plot_curves({"from scratch": r["mean_history"]}, fig_dir / "ex4_curves_time.png", title, x="train_time_s")
 

@@ -35,7 +35,7 @@ from common.data import random_affine
 from common.models import AE_RECIPE, AutoEncoder, Classifier
 from common.plots import plot_curves
 from common.stats import paired
-from common.train import fit, fit_recipe, fit_seeds, load_or_train, mean_l1, predict
+from common.train import fit, fit_recipe, fit_seeds, load_or_train, mean_l1, predict, tensorboard_dir
 from common.utils import (fraction, pick_device, positive_int, resolve_output_dirs, run_config, run_main,
                           seed_everything, write_json_atomic)
 
@@ -148,6 +148,7 @@ def main(argv=None) -> dict:
             extra = {"train_fn": selftrain_fn(args, ae, data, device)}
         r = fit_seeds(partial(make_model, args, ae if from_ae else None, freeze), seeds, data.train,
                       data.curve_test, final_test=data.test, device=device, desc=f"ex5 {name}",
+                      tb_dir=tensorboard_dir(args, f"ex5/{name}"), hparams=run_config(args),
                       **fewshot.fit_kwargs(args), **extra)
         results["variants"][name] = {"label": label, **r}
     ref = results["variants"]["scratch"]
@@ -168,7 +169,8 @@ def main(argv=None) -> dict:
     stem = "ex5_selftrain" if "selftrain" in variants else "ex5"
     curves = {v["label"]: v["mean_history"] for n, v in results["variants"].items() if n != "selftrain"}
     if stem == "ex5":
-        title = f"Few labels (first {len(data.train)} images): mean ± std over {len(seeds)} seeds"
+        title = (f"Few labels (first {len(data.train)} images): mean ± std over {len(seeds)} seeds\n"
+                 f"(test curves on the first {len(data.curve_test)} test images)")
         plot_curves(curves, fig_dir / "ex45_compare.png", title)
         plot_curves(curves, fig_dir / "ex45_compare_time.png", title, x="train_time_s")
     results["wall_time_s"] = time.perf_counter() - t_start

@@ -33,10 +33,10 @@ from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
 from common.dbvae import (DARK, DBVAE, GROUPS, MODELS, Augment, DBVAELoss, FaceBatches, StandardCNN,
-                          build_results, classifier_loss, evaluate_model, latent_means, load_lab_data,
-                          plot_groups, plot_paired, plot_sampling_faces, sampling_probabilities, train_epoch)
+                          binary_correct, build_results, classifier_loss, evaluate_model, latent_means,
+                          load_lab_data, plot_groups, plot_paired, plot_sampling_faces, sampling_probabilities)
 from common.models import count_parameters
-from common.train import load_checkpoint, save_checkpoint
+from common.train import TensorBoardLog, load_checkpoint, save_checkpoint, tensorboard_dir, train_epoch
 from common.utils import (add_common_args, fraction, nonneg_float, nonneg_int, pick_device, positive_float,
                           positive_int, resolve_output_dirs, run_config, run_main, seed_everything,
                           write_json_atomic)
@@ -97,6 +97,8 @@ def train_model(kind: str, seed: int, data: dict, args, device, runs_dir: Path, 
     batches = FaceBatches(faces, data["train_negs"], args.batch_size, seed, device, augment)  # the batch sampler
     loss_fn = DBVAELoss(args.kl_weight) if kind == "dbvae" else classifier_loss          # the loss callable
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    tb_root = tensorboard_dir(args, "lab_dbvae")
+    tb = TensorBoardLog(tb_root / f"{kind}_seed{seed}") if tb_root is not None else None
     history, train_time = [], 0.0
     bar = tqdm(total=args.epochs * len(batches), desc=f"{kind} seed {seed}", unit="step", mininterval=2.0,
                dynamic_ncols=True, leave=False)
@@ -114,12 +116,16 @@ def train_model(kind: str, seed: int, data: dict, args, device, runs_dir: Path, 
                 other = "product" if args.combine == "max" else "max"
                 p_other = sampling_probabilities(mu, args.bins, args.alpha, other)
                 row[f"dark_sampling_mass_if_{other}"] = p_other[race == DARK].sum().item()
-        tr = train_epoch(model, batches, loss_fn, opt, bar)
+        tr = train_epoch(model, batches, loss_fn, opt, correct=binary_correct, loss_dtype=torch.float64, bar=bar)
         train_time += time.perf_counter() - t0
         row.update(train_loss=tr["loss"], train_acc=tr["acc"], epoch_time_s=time.perf_counter() - t0,
                    train_time_s=train_time)
         history.append(row)
+        if tb is not None:
+            tb.scalars(row)
     bar.close()
+    if tb is not None:
+        tb.close(dict(run_config(args), seed=seed, model=kind), history[-1])
     t0 = time.perf_counter()
     run = {"history": history, "metrics": evaluate_model(model, data["tests"], device),
            "params": count_parameters(model), "p_faces": batches.p_faces, "eval_time_s": time.perf_counter() - t0}

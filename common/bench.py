@@ -5,8 +5,9 @@
 
 In ONE process, for the ex1 autoencoder and the ex2 classifier (same model, batch size, threads and
 seed on both sides) it trains a fixed number of steps with
-  (a) ours:     MNIST as one in-memory float tensor, index batches, common.train.train_epoch
-                (zero_grad(set_to_none=True), loss accumulated on device: no per-step .item() sync)
+  (a) ours:     MNIST as one in-memory float tensor, index batches (common.train.tensor_batches),
+                common.train.train_epoch (zero_grad(set_to_none=True), loss accumulated on device:
+                no per-step .item() sync)
   (b) baseline: torchvision.datasets.MNIST(transform=ToTensor()) + DataLoader(shuffle=True), the loop
                 most course code has (optimizer.zero_grad(), loss.item() every step)
 interleaving (a) and (b) `--repeats` times and keeping the median, so a slow moment of a shared machine
@@ -26,8 +27,8 @@ from torch import nn
 
 from .data import load_mnist
 from .models import AutoEncoder, Classifier
-from .train import cross_entropy, mean_l1, train_epoch
-from .utils import REPORT_DIR, nonneg_int, positive_int, run_main, seed_everything, smoke_output_dir, write_json_atomic
+from .train import CriterionLoss, argmax_correct, cross_entropy, mean_l1, tensor_batches, train_epoch
+from .utils import add_io_args, nonneg_int, positive_int, resolve_output_dirs, run_main, seed_everything, write_json_atomic
 
 
 def matmul_gflops(n: int = 1024, seconds: float = 1.0) -> float:
@@ -58,7 +59,8 @@ def run_ours(model, data, loss_fn, steps, batch_size, reconstruct, gen) -> float
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     sub = data.subset(torch.arange(steps * batch_size))
     t0 = time.perf_counter()
-    train_epoch(model, sub, loss_fn, opt, None, batch_size, gen, torch.device("cpu"), reconstruct=reconstruct)
+    batches = tensor_batches(sub, batch_size, gen, torch.device("cpu"), reconstruct=reconstruct)
+    train_epoch(model, batches, CriterionLoss(loss_fn), opt, correct=None if reconstruct else argmax_correct)
     return len(sub) / (time.perf_counter() - t0)
 
 
@@ -105,7 +107,7 @@ def run_baseline(model, loader, loss_fn, steps, reconstruct) -> float:
     return seen / (time.perf_counter() - t0)
 
 
-def main(argv=None) -> dict:
+def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=positive_int, default=150, help="training steps per measurement (default 150)")
     p.add_argument("--repeats", type=positive_int, default=3, help="interleaved (a)/(b) rounds (default 3)")
@@ -113,17 +115,56 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=positive_int, default=torch.get_num_threads(),
                    help=f"torch threads (default {torch.get_num_threads()} on this machine)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
-    p.add_argument("--data-dir", default=os.environ.get("DATA_DIR", "./data"), help="MNIST root ($DATA_DIR)")
-    p.add_argument("--out-dir", type=Path, default=None, help="default report/ (temp dir with --smoke)")
+    add_io_args(p)
     p.add_argument("--options", nargs="*", default=["channels_last", "bf16_autocast"],
                    choices=["channels_last", "bf16_autocast", "compile"],
                    help="optional speed-ups to measure on our AE loop (default: channels_last bf16_autocast;"
                         " compile takes minutes to warm up on 2 cores)")
     p.add_argument("--smoke", action="store_true", help="3 steps, 1 repeat, into a temp dir")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def bench_model(make, loss_fn, reconstruct: bool, data, ref_ds, args, name: str, peak: float) -> dict:
+    """(a) vs (b) for one model, interleaved `args.repeats` times; medians, FLOPs and the share of `peak`."""
+    seed_everything(args.seed)
+    xb = data.x[:args.batch_size]
+    flops = train_flops_per_image(make(), xb, xb if reconstruct else data.y[:args.batch_size], loss_fn)
+    ours, base = [], []
+    for r in range(args.repeats):
+        gen = seed_everything(args.seed + r)
+        ours.append(run_ours(make(), data, loss_fn, args.steps, args.batch_size, reconstruct, gen))
+        seed_everything(args.seed + r)
+        loader = torch.utils.data.DataLoader(ref_ds, batch_size=args.batch_size, shuffle=True)
+        base.append(run_baseline(make(), loader, loss_fn, args.steps, reconstruct))
+        print(f"{name} round {r + 1}/{args.repeats}: ours {ours[-1]:,.0f} img/s, DataLoader {base[-1]:,.0f} img/s")
+    o, b = statistics.median(ours), statistics.median(base)
+    gflops = flops * o / 1e9
+    return {"ours_img_s": o, "baseline_img_s": b, "speedup": o / b,
+            "ours_runs_img_s": ours, "baseline_runs_img_s": base,
+            "train_flops_per_img": flops, "achieved_gflops": gflops,
+            "frac_of_matmul_peak": gflops / peak, "steps": args.steps}
+
+
+def bench_options(data, args) -> dict:
+    """img/s of our AE loop with each optional speed-up (after one warm-up / compilation step)."""
+    out = {}
+    for option in args.options:
+        runs = []
+        for r in range(args.repeats):
+            gen = seed_everything(args.seed + r)
+            model, data_opt = with_option(AutoEncoder(), data, option)
+            run_ours(model, data_opt, mean_l1, 1, args.batch_size, True, gen)  # warm-up / compilation
+            runs.append(run_ours(model, data_opt, mean_l1, args.steps, args.batch_size, True, gen))
+        out[option] = statistics.median(runs)
+        print(f"ae with {option}: {out[option]:,.0f} img/s")
+    return out
+
+
+def main(argv=None) -> dict:
+    args = get_args(argv)
     if args.smoke:
         args.steps, args.repeats = 3, 1
-    out = args.out_dir or (smoke_output_dir() if args.smoke else REPORT_DIR)
+    _, res_dir = resolve_output_dirs(args)[:2]
     torch.set_num_threads(args.threads)
 
     from torchvision.datasets import MNIST
@@ -134,40 +175,12 @@ def main(argv=None) -> dict:
     peak = matmul_gflops(seconds=0.2 if args.smoke else 2.0)
     results = {"name": "bench", "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "torch": torch.__version__, "threads": args.threads, "cpu_count": os.cpu_count()}
-    for name, make, loss_fn, reconstruct in [("ae", lambda: AutoEncoder(), mean_l1, True),
-                                             ("classifier", lambda: Classifier(), cross_entropy, False)]:
-        seed_everything(args.seed)
-        probe = make()
-        xb = data.x[:args.batch_size]
-        flops = train_flops_per_image(probe, xb, xb if reconstruct else data.y[:args.batch_size], loss_fn)
-        ours, base = [], []
-        for r in range(args.repeats):
-            gen = seed_everything(args.seed + r)
-            ours.append(run_ours(make(), data, loss_fn, args.steps, args.batch_size, reconstruct, gen))
-            seed_everything(args.seed + r)
-            loader = torch.utils.data.DataLoader(ref_ds, batch_size=args.batch_size, shuffle=True)
-            base.append(run_baseline(make(), loader, loss_fn, args.steps, reconstruct))
-            print(f"{name} round {r + 1}/{args.repeats}: ours {ours[-1]:,.0f} img/s, DataLoader {base[-1]:,.0f} img/s")
-        o, b = statistics.median(ours), statistics.median(base)
-        gflops = flops * o / 1e9
-        results[name] = {"ours_img_s": o, "baseline_img_s": b, "speedup": o / b,
-                         "ours_runs_img_s": ours, "baseline_runs_img_s": base,
-                         "train_flops_per_img": flops, "achieved_gflops": gflops,
-                         "frac_of_matmul_peak": gflops / peak, "steps": args.steps}
-    # optional speed-ups, measured on the AE with our loop (after the same warm-up step as above)
-    results["ae"]["options_img_s"] = {}
-    for option in args.options:
-        runs = []
-        for r in range(args.repeats):
-            gen = seed_everything(args.seed + r)
-            model, data_opt = with_option(AutoEncoder(), data, option)
-            run_ours(model, data_opt, mean_l1, 1, args.batch_size, True, gen)  # warm-up / compilation
-            runs.append(run_ours(model, data_opt, mean_l1, args.steps, args.batch_size, True, gen))
-        results["ae"]["options_img_s"][option] = statistics.median(runs)
-        print(f"ae with {option}: {results['ae']['options_img_s'][option]:,.0f} img/s "
-              f"(plain: {results['ae']['ours_img_s']:,.0f})")
+    for name, make, loss_fn, reconstruct in [("ae", AutoEncoder, mean_l1, True),
+                                             ("classifier", Classifier, cross_entropy, False)]:
+        results[name] = bench_model(make, loss_fn, reconstruct, data, ref_ds, args, name, peak)
+    results["ae"]["options_img_s"] = bench_options(data, args)  # measured on the AE with our loop
     results["matmul_gflops"] = peak
-    path = write_json_atomic(out / "results" / "bench.json", results)
+    path = write_json_atomic(res_dir / "bench.json", results)
     print(f"\nfp32 matmul peak on this machine: {peak:.1f} GFLOP/s ({args.threads} threads)")
     print(" model      | ours img/s | DataLoader img/s | speedup | MFLOP/img | GFLOP/s | % of matmul peak")
     for name in ("ae", "classifier"):

@@ -8,6 +8,9 @@ Pieces (used by lab_cam.py and tests/test_cam.py):
                           ending, as CAM needs, in conv -> global average pooling -> Linear(num_classes)
     class_activation_maps / generate_cam / grad_cam - the maps
     save_cam_visualization / cam_overview_figure    - original | CAM | overlay figures
+    lab code            - lab_cam.py's experiment: loading both splits, the evaluation (predictions and
+                          predicted-class CAMs of every val image), the example picks ('right for the wrong
+                          reason' candidates), CAM vs Grad-CAM, the figures and the results dict
 
 CAM in one line (Zhou et al. 2016, Eq. 1-2): with f_k(x, y) the k-th feature map of the last conv
 layer and w_k^c the weight of the linear layer from unit k to class c, the class score is
@@ -18,32 +21,23 @@ so M_c says how much each location contributes to the logit of class c.
 from __future__ import annotations
 
 import math
+import time
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .data import DataUnavailableError, TensorData, decode_images, missing_data_message
+from .data import IMAGENETTE_CLASSES, DataUnavailableError, TensorData, decode_images, imagenette_split, to_float
+from .train import predict
 
-# Official Imagenette order: folder WordNet ids sorted, as torchvision.datasets.Imagenette/ImageFolder.
-IMAGENETTE_CLASSES = {
-    "n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player",
-    "n03000684": "chain saw", "n03028079": "church", "n03394916": "French horn",
-    "n03417042": "garbage truck", "n03425413": "gas pump", "n03445777": "golf ball",
-    "n03888257": "parachute",
-}
-IMAGENETTE_DIR = "imagenette2-160"
 # ImageNet RGB statistics of pixels in [0, 1]: the usual input normalisation for ImageNet subsets.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # ----------------------------------------------------------------------------- data
-def imagenette_root(data_dir: str | Path) -> Path:
-    return Path(data_dir).expanduser() / IMAGENETTE_DIR
-
-
 def load_imagenette(data_dir: str | Path, split: str, size: int = 96, per_class: int | None = None,
                     skipped: list | None = None) -> tuple[TensorData, list[str], list[str]]:
     """Imagenette v2 (160 px) `split` as tensors: x (N, 3, size, size) uint8, y (N,) int64.
@@ -57,10 +51,7 @@ def load_imagenette(data_dir: str | Path, split: str, size: int = 96, per_class:
     """
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-    root = imagenette_root(data_dir)
-    split_dir = root / split
-    if not split_dir.is_dir():
-        raise DataUnavailableError(missing_data_message("Imagenette (imagenette2-160)", root))
+    split_dir = imagenette_split(data_dir, split)  # common.data: one error naming DATA_DIR if it is missing
     try:
         wnids, wnid_to_idx = find_classes(str(split_dir))  # sorted folder names
         samples = make_dataset(str(split_dir), wnid_to_idx, extensions=IMG_EXTENSIONS)  # sorted by class
@@ -89,11 +80,6 @@ def load_imagenette(data_dir: str | Path, split: str, size: int = 96, per_class:
     y = torch.tensor([label for _, label in samples], dtype=torch.long)   # (N,)
     names = [IMAGENETTE_CLASSES.get(w, w) for w in wnids]
     return TensorData(x, y), wnids, names
-
-
-def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 0..255 -> float32 in [0, 1]; float input is returned as is."""
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
 def random_resized_crop(x: torch.Tensor, gen: torch.Generator, out_size: int,
@@ -260,7 +246,7 @@ def _img_np(image: torch.Tensor):
     return to_float(image).clamp(0, 1).permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
 
 
-def _show_triplet(axes, image, cam, title: str | None = None, cmap: str = "jet", alpha: float = 0.45):
+def _show_triplet(axes, image, cam, cmap: str = "jet", alpha: float = 0.45):
     """original | CAM | overlay on three axes; returns the CAM image (for a colour bar)."""
     img = _img_np(image)
     axes[0].imshow(img)
@@ -269,8 +255,6 @@ def _show_triplet(axes, image, cam, title: str | None = None, cmap: str = "jet",
     axes[2].imshow(cam.cpu().numpy(), cmap=cmap, vmin=0, vmax=1, alpha=alpha)
     for ax in axes:
         ax.set_xticks([]), ax.set_yticks([])
-    if title:
-        axes[0].set_ylabel(title, fontsize=7, rotation=0, ha="right", va="center")
     return im
 
 
@@ -354,3 +338,176 @@ def cam_vs_gradcam_figure(rows: list[dict], path: Path, title: str) -> Path:
     fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02, label="normalised map value")
     fig.suptitle(title, fontsize=10)
     return save(fig, path)
+
+
+# ============================================================================ lab code (lab_cam.py)
+# The experiment of lab_cam.py, kept here so that the script's main() reads load -> train -> evaluate ->
+# figures -> write.
+WRONG_REASON_MIN_CONF = 0.5  # a 'right for the wrong reason' candidate must be at least this confident
+EXAMPLE_NOTES = {"correct": "most confident correct prediction of the class",
+                 "wrong_reason_candidate": "confident & correct, most CAM mass in the border: 'right for "
+                                           "the wrong reason'?",
+                 "misclassified": "most confident mistake on this class"}
+
+
+def load_lab_data(data_dir, img_size: int, val_size: int, per_class: int | None = None) -> dict:
+    """Both official splits decoded once at img_size (uint8), the val images centre-cropped to val_size.
+
+    Returns {"train", "val": TensorData, "wnids", "names", "skipped": {split: [unreadable files]},
+    "load_time_s"}; unreadable JPEGs are skipped and counted (data.decode_images), not fatal.
+    """
+    t0 = time.perf_counter()
+    skipped = {"train": [], "val": []}
+    train, wnids, names = load_imagenette(data_dir, "train", img_size, per_class, skipped["train"])
+    val_full, val_wnids, _ = load_imagenette(data_dir, "val", img_size, per_class, skipped["val"])
+    if val_wnids != wnids:
+        raise DataUnavailableError(f"train/val class folders differ: {wnids} vs {val_wnids}")
+    val = TensorData(center_crop(val_full.x, val_size), val_full.y)  # (N, 3, V, V) uint8
+    return {"train": train, "val": val, "wnids": wnids, "names": names, "skipped": skipped,
+            "load_time_s": time.perf_counter() - t0}
+
+
+def predicted_class_cams(model: CamCNN, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a batch x (B, 3, H, W): the logits (B, C) and the CAM of the predicted class, upsampled to the
+    image and min-max normalised (B, H, W)."""
+    maps, out = class_activation_maps(model, x)                                   # (B, C, h, w), (B, C)
+    pred = out.argmax(1)
+    m = maps[torch.arange(len(pred)), pred]                                       # (B, h, w)
+    return out, normalise_map(upsample(m, x.shape[-2:]))                          # (B, C), (B, H, W)
+
+
+def border_share(cams: torch.Tensor) -> torch.Tensor:
+    """Share of each map's mass (N, H, W in [0, 1]) outside the central square of half the area.
+
+    A heuristic for 'right for the wrong reason' candidates: Imagenette objects are mostly near the
+    centre, so a correct prediction whose evidence lies mainly in the border (sky, water, grass) is
+    worth a look. It needs a human check: no boxes are available to decide it automatically.
+    """
+    h, w = cams.shape[-2:]
+    ch, cw = round(h / 2 ** 0.5), round(w / 2 ** 0.5)  # side x 1/sqrt(2): half of the area
+    top, left = (h - ch) // 2, (w - cw) // 2
+    total = cams.sum((1, 2)).clamp_min(1e-12)
+    centre = cams[:, top:top + ch, left:left + cw].sum((1, 2))
+    return 1 - centre / total
+
+
+def evaluate_val(model: CamCNN, val: TensorData, names: list[str], device, batch_size: int = 256) -> dict:
+    """The final evaluation (float32, eval mode) of every val image: logits, predicted class and its
+    softmax confidence, the predicted-class CAM and its border share, accuracy overall and per class,
+    and the confusion matrix (rows: true class, columns: predicted)."""
+    logits, cams = predict(model, val.x, device, batch_size, fn=partial(predicted_class_cams, model))
+    conf, pred = logits.softmax(1).max(1)
+    correct = pred == val.y
+    confusion = torch.zeros(len(names), len(names), dtype=torch.long)
+    confusion.index_put_((val.y, pred), torch.ones_like(pred), accumulate=True)
+    return {"logits": logits, "cams": cams, "conf": conf, "pred": pred, "correct": correct,
+            "acc": correct.float().mean().item(), "border_share": border_share(cams), "confusion": confusion,
+            "per_class_acc": {names[c]: correct[val.y == c].float().mean().item() for c in range(len(names))}}
+
+
+def pick_examples(y: torch.Tensor, pred: torch.Tensor, conf: torch.Tensor, share: torch.Tensor,
+                  num_classes: int) -> dict[int, dict[str, int | None]]:
+    """Per true class: most confident correct, 'wrong reason' candidate, most confident mistake."""
+    picks = {}
+    for c in range(num_classes):
+        ok = ((y == c) & (pred == c)).nonzero().flatten()
+        bad = ((y == c) & (pred != c)).nonzero().flatten()
+        # 'right for the wrong reason' needs a confident right answer; fall back to any right answer
+        sure = ok[conf[ok] >= WRONG_REASON_MIN_CONF] if (conf[ok] >= WRONG_REASON_MIN_CONF).any() else ok
+        best = int(ok[conf[ok].argmax()]) if len(ok) else None
+        sure = sure[sure != best] if len(sure) > 1 else sure  # another image than the 'correct' pick
+        picks[c] = {
+            "correct": best,
+            "wrong_reason_candidate": int(sure[share[sure].argmax()]) if len(sure) else None,
+            "misclassified": int(bad[conf[bad].argmax()]) if len(bad) else None,
+        }
+    return picks
+
+
+def compare_gradcam(model: CamCNN, data: TensorData, n: int, names: list[str]) -> tuple[dict, list[dict]]:
+    """CAM vs Grad-CAM on n val images evenly spread over x: correlations and the Grad-CAM/CAM scale."""
+    x = data.x
+    raw_corr, std_corr, scales, rows = [], [], [], []
+    idx = torch.linspace(0, len(x) - 1, min(n, len(x))).round().long().unique()  # spread over the classes
+    show = set(idx[torch.linspace(0, len(idx) - 1, 4).round().long()].tolist())   # 4 figure rows
+    for i in idx.tolist():
+        img = x[i]
+        cam_raw, c, _ = generate_cam(model, img, normalize=False)                 # (H, W)
+        gc_raw, _ = grad_cam(model, img, c, normalize=False, relu=False)          # (H, W)
+        raw_corr.append(torch.corrcoef(torch.stack([cam_raw.flatten(), gc_raw.flatten()]))[0, 1])
+        scales.append((gc_raw.flatten() @ cam_raw.flatten()) / (cam_raw.flatten() @ cam_raw.flatten()))
+        cam_n, _, _ = generate_cam(model, img, c)                                  # min-max CAM
+        gc_n, _ = grad_cam(model, img, c)                                          # standard (ReLU) Grad-CAM
+        std_corr.append(torch.corrcoef(torch.stack([cam_n.flatten(), gc_n.flatten()]))[0, 1])
+        if i in show and len(rows) < 4:
+            rows.append({"image": img, "cam": cam_n, "gradcam": gc_n,
+                         "label": f"val #{i}\ntrue: {names[int(data.y[i])]}\npred: {names[c]}"})
+    raw_corr, std_corr, scales = map(lambda v: torch.stack(v).nan_to_num(1.0), (raw_corr, std_corr, scales))
+    h, w = (s // model.downsample for s in x.shape[-2:])
+    return {"images": len(raw_corr),
+            "pearson_raw_mean": raw_corr.mean().item(), "pearson_raw_min": raw_corr.min().item(),
+            "pearson_relu_minmax_mean": std_corr.mean().item(), "pearson_relu_minmax_min": std_corr.min().item(),
+            "gradcam_over_cam_scale_mean": scales.mean().item(), "expected_scale_1_over_hw": 1.0 / (h * w),
+            "note": "raw = un-normalised maps without ReLU (identical up to the scale 1/(h w)); "
+                    "relu_minmax = standard Grad-CAM (ReLU) vs min-max normalised CAM"}, rows
+
+
+def write_figures(ev: dict, val: TensorData, names: list[str], hist: list[dict], gradcam: dict, rows: list[dict],
+                  fig_dir: Path) -> list[dict]:
+    """lab_cam's figures: per class the most confident correct prediction, the 'wrong reason' candidate and
+    the worst mistake (one file each in cam/, and the overview grid), the training curves, and CAM vs
+    Grad-CAM. Returns the examples shown, for the results."""
+    from .plots import plot_curves
+    picks = pick_examples(val.y, ev["pred"], ev["conf"], ev["border_share"], len(names))
+    cam_dir = fig_dir / "cam"
+    for old in cam_dir.glob("*_val*.png"):  # picks change between runs: never leave a stale one behind
+        old.unlink()
+    examples, overview = [], []
+    for c, kinds in picks.items():
+        for kind, i in kinds.items():
+            if i is None:
+                overview.append(None)
+                continue
+            pred, conf, share = names[int(ev["pred"][i])], float(ev["conf"][i]), float(ev["border_share"][i])
+            path = save_cam_visualization(val.x[i], ev["cams"][i], names[c], pred, conf,
+                                          cam_dir / f"{names[c].replace(' ', '_')}_{kind}_val{i}.png",
+                                          note=f"{EXAMPLE_NOTES[kind]}; border share {share:.0%}")
+            examples.append({"class": names[c], "kind": kind, "val_index": i, "pred": pred,
+                             "confidence": conf, "border_share": share, "figure": path})
+            overview.append({"image": val.x[i], "cam": ev["cams"][i], "true": names[c], "pred": pred, "conf": conf})
+    cam_overview_figure(overview, fig_dir / "lab_cam_overview.png",
+                        f"CAMs of the predicted class on Imagenette val (val acc {ev['acc']:.1%})",
+                        col_titles=["most confident correct",
+                                    f"correct (p >= {WRONG_REASON_MIN_CONF:.0%}), CAM most in border",
+                                    "most confident mistake"])
+    plot_curves({"CAM CNN": hist}, fig_dir / "lab_cam_curves.png",
+                "lab_cam: loss (label-smoothed CE) and accuracy per epoch; 'test' = official val split")
+    cam_vs_gradcam_figure(rows, fig_dir / "lab_cam_gradcam.png",
+                          f"CAM vs Grad-CAM on the same GAP + linear model, {gradcam['images']} val images\n"
+                          f"mean Pearson r: raw maps {gradcam['pearson_raw_mean']:.4f}, "
+                          f"ReLU + min-max {gradcam['pearson_relu_minmax_mean']:.3f}")
+    return examples
+
+
+def build_results(args, model: CamCNN, data: dict, hist: list[dict], ev: dict, gradcam: dict,
+                  examples: list[dict], fit_wall_time_s: float, device) -> dict:
+    """The lab_cam.json dict (wall_time_s is added by the script when everything is written)."""
+    from .models import count_parameters
+    from .utils import run_config
+    skipped = data["skipped"]
+    return {
+        "name": "lab_cam", "config": run_config(args), "seed": args.seed,
+        "val_acc": ev["acc"], "val_loss": hist[-1].get("test_loss"),
+        "history_note": "test_* = official Imagenette val split; losses are label-smoothed cross-entropy",
+        "history": hist, "classes": data["names"], "wnids": data["wnids"],
+        "per_class_val_acc": ev["per_class_acc"], "confusion_matrix_true_by_pred": ev["confusion"],
+        "train_images": len(data["train"]), "val_images": len(data["val"]), "params": count_parameters(model),
+        "skipped_images": {k: len(v) for k, v in skipped.items()},
+        "skipped_files": {k: [str(p) for p in v] for k, v in skipped.items()},
+        "feature_map_size": [args.val_size // model.downsample] * 2, "gradcam_comparison": gradcam,
+        "examples": examples,
+        "mean_epoch_time_s": sum(h["epoch_time_s"] for h in hist) / len(hist),
+        "train_time_s": hist[-1]["train_time_s"], "data_load_time_s": data["load_time_s"],
+        "fit_wall_time_s": fit_wall_time_s,
+        "threads": torch.get_num_threads(), "device": str(device),
+    }

@@ -3,6 +3,9 @@
 The whole MNIST training set is 60000 x 784 floats = 188 MB: it fits in memory, so we convert it
 once and slice mini-batches with an index tensor. This avoids the per-sample PIL -> ToTensor work and
 the collation of a DataLoader, which dominate the step time of small models on a CPU.
+
+The labs' photo data sets (UTKFace, Imagenette, the MIT faces) share the rest: image decoding into
+uint8 tensors, the uint8 -> float conversion per batch (to_float), and Imagenette's folder and classes.
 """
 from __future__ import annotations
 
@@ -14,8 +17,6 @@ from pathlib import Path
 import torch
 
 from .utils import UserError
-
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # of the training pixels in [0, 1]; tested in tests/
 
 
 # SHA-256 of the uncompressed IDX files (as listed in the course data README). A file that is
@@ -166,6 +167,39 @@ def random_affine(x: torch.Tensor, gen: torch.Generator, max_shift: float = 2.0,
     mat = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)  # (B, 2, 3)
     grid = torch.nn.functional.affine_grid(mat, list(x.shape), align_corners=False)
     return torch.nn.functional.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+
+
+# ----------------------------------------------------------------------------- the labs' photo data
+def to_float(x: torch.Tensor, device=None) -> torch.Tensor:
+    """uint8 images (N, 3, H, W) 0..255 -> float32 in [0, 1], moved to `device` first when given (the labs
+    keep photos as uint8 and convert one batch at a time); a float tensor is only moved, not rescaled."""
+    if device is not None:
+        x = x.to(device, non_blocking=True)
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
+IMAGENETTE_DIR = "imagenette2-160"  # Imagenette v2, 160 px files: <data dir>/imagenette2-160/{train,val}/<wnid>/
+# The ten classes, WordNet id -> name, in the official order (sorted ids, as torchvision.datasets.Imagenette).
+# lab_cam trains on all ten; lab_dbvae takes the ones without people as its non-faces (common.dbvae.NEG_CLASSES).
+IMAGENETTE_CLASSES = {
+    "n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player",
+    "n03000684": "chain saw", "n03028079": "church", "n03394916": "French horn",
+    "n03417042": "garbage truck", "n03425413": "gas pump", "n03445777": "golf ball",
+    "n03888257": "parachute",
+}
+
+
+def imagenette_root(data_dir: str | Path) -> Path:
+    return Path(data_dir).expanduser() / IMAGENETTE_DIR
+
+
+def imagenette_split(data_dir: str | Path, split: str) -> Path:
+    """The folder of one Imagenette split ('train' or 'val'); a missing one stops the run with one line
+    naming DATA_DIR and --data-dir (missing_data_message)."""
+    root = imagenette_root(data_dir)
+    if not (root / split).is_dir():
+        raise DataUnavailableError(missing_data_message(f"Imagenette ({IMAGENETTE_DIR})", root))
+    return root / split
 
 
 class ImageDecodeError(DataCorruptedError):

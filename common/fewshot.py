@@ -20,7 +20,10 @@ from .data import TensorData, first_n_subset, load_mnist, smoke_slice
 from .train import fit, predict
 from .utils import UserError, add_common_args, fraction, nonneg_float, nonneg_int, positive_int
 
-RECIPE = dict(epochs=150, batch_size=100, lr=1e-3)  # the assignment's few-label run (ex4 and ex5)
+# The assignment's few-label run (ex4 and ex5). 100 epochs: training accuracy reaches 100 % by epoch ~25
+# and the test curves are flat after ~75 (150 epochs were run before, with the same picture); it keeps
+# 10 seeds of ex4 under a minute on 2 CPU cores.
+RECIPE = dict(epochs=100, batch_size=100, lr=1e-3)
 N_SEEDS = 10           # enough for a t-interval of useful width; a seed costs ~4 s on 2 CPU cores
 CURVE_TEST_SIZE = 1000  # test images evaluated every --eval-every epochs for the curves (see add_args)
 
@@ -57,7 +60,7 @@ def resolve_seeds(args: argparse.Namespace) -> list[int]:
 def fit_kwargs(args: argparse.Namespace) -> dict:
     """The recipe as keyword arguments of common.train.fit / fit_seeds."""
     return dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
-                schedule="constant", eval_every=args.eval_every)
+                schedule="constant", eval_every=args.eval_every, channels_last=True)
 
 
 @dataclass

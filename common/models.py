@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .data import random_affine
+
 
 def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     """Spatial size after a convolution (PyTorch Conv2d formula, dilation 1)."""
@@ -138,9 +140,14 @@ class EncoderComposite(nn.Module):
 
 
 # The ex1 conv+FC autoencoder's training recipe (AdamW + OneCycle, 15 epochs over all 60,000 images).
-# Defined once: ex1 trains with it, ex5 pre-trains with it when runs/ex1_conv_fc.pt is missing and
-# refuses a checkpoint trained with anything else (common.train.fit_recipe / load_or_train).
+# Defined once: ex1 trains with it (its CLI defaults), ex3 and ex5 pre-train with it when
+# runs/ex1_conv_fc.pt is missing and refuse a checkpoint trained with anything else
+# (common.train.fit_recipe / load_or_train).
 AE_RECIPE = dict(epochs=15, lr=3e-3, batch_size=128)
+# The ex2 classifier's recipe, as keyword arguments of common.train.fit: AdamW + OneCycle, 15 epochs over
+# all 60,000 images with random shifts and rotations (data.random_affine). ex2 trains with it (its CLI
+# defaults), ex3 trains runs/ex2_classifier.pt with it when missing and refuses one of another recipe.
+CLASSIFIER_RECIPE = dict(epochs=15, lr=3e-3, batch_size=128, augment=random_affine)
 
 
 class AutoEncoder(EncoderComposite):
@@ -213,7 +220,8 @@ class LabMLP(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """x + W2 relu(W1 x): the identity path keeps gradients flowing through depth (He et al. 2016)."""
+    """relu(x + W2 relu(W1 x + b1) + b2): the identity path keeps gradients flowing through depth; the ReLU
+    after the sum as in the original ResNet block (He et al. 2016)."""
 
     def __init__(self, dim: int):
         super().__init__()

@@ -72,49 +72,60 @@ def plot_curves(runs: dict[str, list[dict]], path: Path, title: str, *, x: str =
 
 def image_rows(rows: list[torch.Tensor], labels: list[str], path: Path, title: str,
                col_titles: list[str] | None = None) -> Path:
-    """A grid: one row per tensor (N, 1, H, W) in [0, 1], row labels on the left."""
+    """A grid: one row per tensor (N, 1, H, W) in [0, 1], row labels on the left.
+
+    Sized for the report's full text width (~17 cm, 6.7 in): 12 columns come out about 7 in wide, so the
+    9 pt labels print at about 8.5 pt (issue 12: every text >= 7 pt at the size a figure is placed).
+    """
     n = rows[0].shape[0]
-    fig, axes = plt.subplots(len(rows), n, figsize=(0.75 * n + 1.2, 0.8 * len(rows) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(len(rows), n, figsize=(0.55 * n + 1.3, 0.6 * len(rows) + 0.7), squeeze=False)
     for r, (imgs, label) in enumerate(zip(rows, labels)):
         for c in range(n):
             ax = axes[r][c]
             ax.imshow(imgs[c, 0].cpu(), cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([]), ax.set_yticks([])
             if c == 0:
-                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
             if r == 0 and col_titles:
-                ax.set_title(col_titles[c], fontsize=7)
-    fig.suptitle(title)
+                ax.set_title(col_titles[c], fontsize=9)
+    fig.suptitle(title, fontsize=11)
     fig.subplots_adjust(wspace=0.05, hspace=0.05)
     return save(fig, path)
 
 
 def digit_panels(panels: dict[str, torch.Tensor], path: Path, title: str, ncol: int = 10) -> Path:
-    """Side-by-side panels, each a grid of images (N, 1, H, W) with `ncol` columns, same order in each."""
+    """Side-by-side panels, each a grid of images (N, 1, H, W) with `ncol` columns, same order in each.
+
+    Sized so that three panels placed at the full text width (~6.7 in) keep their 10 pt titles at ~8 pt.
+    """
     from torchvision.utils import make_grid
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2 + 0.25), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.9 * len(panels), 2.6), squeeze=False)
     for ax, (name, imgs) in zip(axes[0], panels.items()):
         grid = make_grid(imgs.clamp(0, 1), nrow=ncol, padding=1, pad_value=0.5)  # (3, H', W')
         ax.imshow(grid.permute(1, 2, 0))
-        ax.set_title(name, fontsize=9)
+        ax.set_title(name, fontsize=10)
         ax.axis("off")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return save(fig, path)
 
 
 def scatter_panels(points: dict[str, "np.ndarray"], labels: torch.Tensor, path: Path, title: str) -> Path:
-    """2-D embeddings (e.g. t-SNE) side by side, coloured by class, one shared legend."""
-    fig, axes = plt.subplots(1, len(points), figsize=(5.2 * len(points), 4.8), squeeze=False)
+    """2-D embeddings (e.g. t-SNE) side by side, coloured by class, one shared legend.
+
+    Sized so that two panels and the legend placed at the full text width (~6.7 in) print their text at >= 7 pt.
+    """
+    fig, axes = plt.subplots(1, len(points), figsize=(3.9 * len(points), 3.7), squeeze=False)
     cmap = plt.get_cmap("tab10")
     for ax, (name, xy) in zip(axes[0], points.items()):
         for c in labels.unique().tolist():
             m = (labels == c).numpy()
             ax.scatter(xy[m, 0], xy[m, 1], s=3, color=cmap(c), label=str(c))
-        ax.set_title(name, fontsize=9)
+        ax.set_title(name, fontsize=10)
         ax.set_xticks([]), ax.set_yticks([])
-        ax.set_xlabel("t-SNE 1"), ax.set_ylabel("t-SNE 2")
-    axes[0][-1].legend(title="digit", markerscale=4, fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
-    fig.suptitle(title, fontsize=10)
+        ax.set_xlabel("t-SNE 1", fontsize=10), ax.set_ylabel("t-SNE 2", fontsize=10)
+    axes[0][-1].legend(title="digit", markerscale=4, fontsize=9, title_fontsize=9, loc="center left",
+                       bbox_to_anchor=(1, 0.5))
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return save(fig, path)

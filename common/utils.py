@@ -1,4 +1,4 @@
-"""Paths, seeding, device selection, CLI helpers and the atomic results writer."""
+"""Paths, seeding, device selection, CLI helpers and the atomic file writer (results, checkpoints)."""
 from __future__ import annotations
 
 import argparse
@@ -136,20 +136,28 @@ def add_common_args(parser: argparse.ArgumentParser, *, epochs: int, batch_size:
                    help=f"mini-batch size (default {batch_size})")
     g.add_argument("--lr", type=learning_rate, default=lr, help=f"peak learning rate (default {lr})")
     g.add_argument("--seed", type=nonneg_int, default=seed, help=f"random seed (default {seed})")
-    g.add_argument("--data-dir", default=os.environ.get("DATA_DIR", "./data"),
-                   help="dataset root (default: $DATA_DIR, else ./data); downloads there when online")
-    g.add_argument("--out-dir", type=Path, default=None,
-                   help="where figures/ and results/ go (default: report/, or a temp dir with --smoke)")
+    add_io_args(g)
     if runs_dir:
         g.add_argument("--runs-dir", type=Path, default=None,
                        help="checkpoint folder (default: runs/, or <out-dir>/runs with --smoke)")
     if resume:
         g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --runs-dir")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also log per-epoch scalars and the config to runs/tb/<script>/<time> "
+                        "(view: tensorboard --logdir runs/tb)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="compute device (default: auto = cuda > mps > cpu)")
     g.add_argument("--smoke", action="store_true",
                    help="tiny data slice and 1-2 epochs, written to a temp dir: checks the script runs")
     return parser
+
+
+def add_io_args(group) -> None:
+    """--data-dir and --out-dir, for every script (python -m common.bench too, which trains no epochs)."""
+    group.add_argument("--data-dir", default=os.environ.get("DATA_DIR", "./data"),
+                       help="dataset root (default: $DATA_DIR, else ./data); downloads there when online")
+    group.add_argument("--out-dir", type=Path, default=None,
+                       help="where figures/ and results/ go (default: report/, or a temp dir with --smoke)")
 
 
 def smoke_output_dir() -> Path:
@@ -197,21 +205,27 @@ def _jsonable(obj):
     return obj
 
 
-def write_json_atomic(path: Path, obj) -> Path:
-    """Write JSON via a temp file + os.replace, so a crash never leaves a half-written result."""
+def atomic_write(path: Path, write) -> Path:
+    """Write a file all at once or not at all: `write(tmp)` fills a temp file next to `path`, which then
+    replaces `path` (os.replace), so a crash never leaves a half-written result or checkpoint. Mode 0644."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(obj), f, indent=1)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are ordinary files
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and checkpoints are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json_atomic(path: Path, obj) -> Path:
+    """`obj` as indented JSON (tensors as lists, floats to 6 decimals), written atomically (atomic_write)."""
+    text = json.dumps(_jsonable(obj), indent=1) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def run_config(args: argparse.Namespace) -> dict:

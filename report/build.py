@@ -35,6 +35,25 @@ EXPERIMENTS = {
     "bench": ("python -m common.bench", []),
 }
 
+# Figures the scripts write into report/figures/ that the report deliberately does not place, with the
+# reason; every other top-level figure there must be placed by a fig("<file>", ...) call in ex2.typ
+# (tests/test_report.py checks both, and the build warns about a figure that is neither).
+UNUSED_FIGURES: dict[str, str] = {}
+
+
+def placed_figures(source: Path = SOURCE) -> set[str]:
+    """The figure files that ex2.typ places (the first argument of each fig(...) call)."""
+    import re
+    code = "\n".join(line for line in source.read_text().splitlines() if not line.lstrip().startswith("//"))
+    return set(re.findall(r'\bfig\(\s*"([^"]+)"', code))
+
+
+def unplaced_figures(figures_dir: Path, source: Path = SOURCE) -> list[str]:
+    """Top-level PNGs in figures_dir that ex2.typ neither places nor UNUSED_FIGURES lists."""
+    placed = placed_figures(source)
+    return sorted(p.name for p in figures_dir.glob("*.png")
+                  if p.name not in placed and p.name not in UNUSED_FIGURES) if figures_dir.is_dir() else []
+
 
 class BuildError(RuntimeError):
     pass
@@ -151,6 +170,8 @@ def build(out: Path, results_dir: Path, figures_dir: Path, *, png: bool = False,
             print(f"  missing {name}: run `{cmd}` to produce {_show(results_dir / (name + '.json'))}")
         for f, cmd in missing_figs.items():
             print(f"  missing figure {f}: run `{cmd}`")
+        for f in unplaced_figures(figures_dir):
+            print(f"  figure {f} is not placed in {SOURCE.name} and not listed in UNUSED_FIGURES (build.py)")
         if pngs:
             print(f"  rendered {len(pngs)} page(s) to {pngs[0].parent}/{out.stem}-*.png")
     return {"pdf": out, "changed": changed, "results": results, "figures": figures, "missing": missing,

@@ -33,3 +33,16 @@ def run_script(script: str, out_dir: Path, *args: str, timeout: int = 300) -> su
 
 def load_result(out_dir: Path, name: str) -> dict:
     return json.loads((out_dir / "results" / f"{name}.json").read_text())
+
+
+def assert_figure(path: Path, min_width: int = 300, min_height: int = 150) -> None:
+    """`path` is a PNG that decodes, is at least min_width x min_height pixels and is not blank (its pixels
+    vary); an empty, truncated or all-white file fails."""
+    import numpy as np
+    from PIL import Image
+    with Image.open(path) as im:
+        im.load()  # decodes the whole file: a truncated PNG raises here
+        assert im.format == "PNG", f"{path}: {im.format}, not a PNG"
+        assert im.width >= min_width and im.height >= min_height, f"{path}: only {im.width}x{im.height} px"
+        pixels = np.asarray(im.convert("L"), dtype=np.float64)
+    assert pixels.std() > 1.0, f"{path}: blank image (pixel std {pixels.std():.2f})"

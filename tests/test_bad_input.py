@@ -368,8 +368,6 @@ def _lab_data(utkface: str):
     return make
 
 
-DBVAE = pytest.mark.xfail(strict=False, reason="lab_dbvae.py being rewritten (common.data.require_images)")
-
 # id, command (script + flags; every run adds --smoke --out-dir --data-dir), setup, expected text in the
 # error line. setup(tmp) returns extra flags (list) or a data dir (Path).
 CASES = [
@@ -383,7 +381,7 @@ CASES = [
     ("mnist-truncated", ["ex1_autoencoder.py"], _mnist({"t10k-labels-idx1-ubyte": truncate}), "corrupted: "),
     ("mnist-missing", ["ex1_autoencoder.py"], lambda tmp: tmp / "nothing-here", "not found"),
     ("imagenette-empty-train", ["lab_cam.py"], _empty_imagenette_train, "has no usable images"),
-    pytest.param("utkface-empty", ["lab_dbvae.py"], _lab_data("empty"), "UTKFace", marks=DBVAE),
+    ("utkface-empty", ["lab_dbvae.py"], _lab_data("empty"), "UTKFace"),
     # checkpoints
     ("ckpt-random-bytes", ["ex1_autoencoder.py"], _random_bytes_ckpt, "cannot read checkpoint"),
     ("ckpt-empty", ["ex1_autoencoder.py"], _empty_ckpt, "cannot read checkpoint"),
@@ -405,7 +403,9 @@ CASES = [
     ("ex4-seeds-negative", ["ex4_few_shot.py", "--seeds", "-1"], None, "--seeds"),
     ("ex4-device-mps", ["ex4_few_shot.py", "--device", "mps"], None, "MPS"),
     ("ex4-weight-decay-nan", ["ex4_few_shot.py", "--weight-decay", "nan"], None, "--weight-decay"),
-    ("ex5-ae-lr-negative", ["ex5_finetune.py", "--ae-lr", "-1"], None, "--ae-lr"),
+    ("ex5-encoder-lr-ratio-negative", ["ex5_finetune.py", "--encoder-lr-ratio", "-1"], None, "--encoder-lr-ratio"),
+    ("ex5-round-lr-nan", ["ex5_finetune.py", "--round-lr", "nan"], None, "--round-lr"),
+    ("ex5-seeds-duplicate", ["ex5_finetune.py", "--seeds", "1", "1"], None, "duplicates"),
     ("dbvae-train-faces-negative", ["lab_dbvae.py", "--train-faces", "-5"], None, "--train-faces"),
 ]
 

@@ -1,12 +1,18 @@
-"""The speed benchmark's --smoke mode: structure of bench.json and that both paths really trained."""
+"""The speed benchmark (common/bench.py): its FLOP counts against closed forms, its timing arithmetic with
+a fake clock (so a wrong formula, not a slow machine, is what fails), and its --smoke mode."""
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
 
-from common.bench import matmul_gflops, train_flops_per_image
+from common import bench
+from common.bench import matmul_gflops, run_baseline, run_ours, train_flops_per_image
+from common.data import TensorData
 from common.models import LabMLP
-from common.train import cross_entropy
+from common.train import cross_entropy, mean_l1
 from conftest import needs_mnist
 
 
@@ -20,19 +26,56 @@ def test_flop_count_of_an_mlp_matches_the_closed_form():
     assert train_flops_per_image(model, x, y, cross_entropy) == expected
 
 
-def test_matmul_gflops_is_positive():
-    assert matmul_gflops(n=128, seconds=0.05) > 0
+def test_flop_count_of_convolutions_matches_the_closed_form():
+    """A conv layer costs 2 Cin Cout k^2 Hout Wout flops per image forward, as much again for its weight
+    gradient and, unless it is the first layer (its input needs no gradient), again for its input gradient."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),   # 16x16 -> 8x8
+                          nn.Conv2d(8, 4, 3, stride=1, padding=0))               # 8x8 -> 6x6
+    x = torch.rand(4, 3, 16, 16)
+    first, second = 2 * 3 * 8 * 3 * 3 * 8 * 8, 2 * 8 * 4 * 3 * 3 * 6 * 6
+    assert train_flops_per_image(model, x, torch.zeros(4, 4, 6, 6), mean_l1) == 2 * first + 3 * second
+
+
+class FakeClock:
+    """time.perf_counter stand-in that advances by `step` seconds at every call."""
+
+    def __init__(self, step: float):
+        self.now, self.step = 0.0, step
+
+    def perf_counter(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_matmul_gflops_counts_2n3_flops_per_product(monkeypatch):
+    """With a clock that says every product took 1 ms, an n x n matmul is 2 n^3 flops in 1e-3 s."""
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=FakeClock(1e-3).perf_counter))
+    n = 64
+    assert matmul_gflops(n=n, seconds=0.05) == pytest.approx(2 * n ** 3 / 1e-3 / 1e9)
+
+
+def test_throughput_is_images_trained_per_second(monkeypatch):
+    """Both loops report images / elapsed seconds for exactly steps * batch images, and really train."""
+    g = torch.Generator().manual_seed(0)
+    data = TensorData(torch.rand(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
+    monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=FakeClock(2.0).perf_counter))
+    model = LabMLP()
+    before = [p.detach().clone() for p in model.parameters()]
+    assert run_ours(model, data, cross_entropy, 3, 8, False, g) == pytest.approx(3 * 8 / 2.0)
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))  # every layer was updated
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data.x, data.y), batch_size=8)
+    assert run_baseline(LabMLP(), loader, cross_entropy, 5, False) == pytest.approx(5 * 8 / 2.0)
 
 
 @pytest.mark.slow
 @needs_mnist
 def test_bench_smoke_writes_structured_json(tmp_path, data_dir):
-    from common.bench import main
-    r = main(["--smoke", "--out-dir", str(tmp_path), "--data-dir", str(data_dir)])
+    r = bench.main(["--smoke", "--out-dir", str(tmp_path), "--data-dir", str(data_dir)])
     assert (tmp_path / "results" / "bench.json").exists()
     assert r["matmul_gflops"] > 0
     for name in ("ae", "classifier"):
         m = r[name]
         assert m["ours_img_s"] > 0 and m["baseline_img_s"] > 0  # both paths trained
-        assert m["speedup"] == m["ours_img_s"] / m["baseline_img_s"]
-        assert 0 < m["frac_of_matmul_peak"] and m["train_flops_per_img"] > 0
+        assert len(m["ours_runs_img_s"]) == len(m["baseline_runs_img_s"]) == r["config"]["repeats"] == 1
+        assert m["train_flops_per_img"] > 0 and m["steps"] == 3
+    assert set(r["ae"]["options_img_s"]) == {"channels_last", "bf16_autocast"}

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from common.cam import (CamCNN, center_crop, class_activation_maps, generate_cam, grad_cam, imagenette_root,
-                        load_imagenette, normalise_map, random_resized_crop)
-from common.data import DataUnavailableError
-from conftest import DATA_DIR, load_result, run_script
+from common.cam import (CamCNN, border_share, center_crop, class_activation_maps, evaluate_val, generate_cam,
+                        grad_cam, load_imagenette, normalise_map, pick_examples, random_resized_crop)
+from common.data import DataUnavailableError, TensorData, imagenette_root
+from conftest import DATA_DIR, assert_figure, load_result, run_script
 
 HAS_IMAGENETTE = (imagenette_root(DATA_DIR) / "val").is_dir()
 needs_imagenette = pytest.mark.skipif(not HAS_IMAGENETTE,
@@ -73,6 +73,40 @@ def test_gradcam_is_cam_up_to_scale_for_a_gap_linear_head(model_and_input):
     torch.testing.assert_close(gc_n, normalise_map(cam.clamp_min(0)))
 
 
+def test_lab_evaluation_matches_per_image_maps(model_and_input):
+    """evaluate_val (batched through common.train.predict, batches of 2 for 3 images) gives each image's
+    logits and the min-max CAM of its predicted class, as generate_cam computes them one by one."""
+    model, x = model_and_input
+    y = torch.tensor([0, 1, 2])
+    names = ["a", "b", "c", "d", "e"]
+    ev = evaluate_val(model, TensorData(x, y), names, "cpu", batch_size=2)
+    torch.testing.assert_close(ev["logits"], model(x).detach())
+    for i in range(3):
+        cam, c, conf = generate_cam(model, x[i])
+        assert int(ev["pred"][i]) == c and float(ev["conf"][i]) == pytest.approx(conf)
+        torch.testing.assert_close(ev["cams"][i], cam)
+    assert ev["acc"] == pytest.approx((ev["pred"] == y).float().mean().item())
+    assert ev["confusion"].sum() == 3 and all(ev["confusion"][int(y[i]), int(ev["pred"][i])] >= 1 for i in range(3))
+
+
+def test_border_share_and_example_picks_hand_computed():
+    maps = torch.zeros(3, 8, 8)
+    maps[0, 3:5, 3:5] = 1.0      # all mass in the centre
+    maps[1, 0, 0] = 1.0          # all mass in a corner
+    maps[2] = 1.0                # uniform: the central square of side round(8 / sqrt 2) = 6 holds 36 of 64
+    torch.testing.assert_close(border_share(maps), torch.tensor([0.0, 1.0, 1 - 36 / 64]))
+    # class 0: images 0, 1, 2 right (confidence 0.9, 0.6, 0.3), image 3 wrong (0.8); class 1: image 4 wrong
+    y = torch.tensor([0, 0, 0, 0, 1])
+    pred = torch.tensor([0, 0, 0, 1, 0])
+    conf = torch.tensor([0.9, 0.6, 0.3, 0.8, 0.7])
+    share = torch.tensor([0.1, 0.5, 0.9, 0.2, 0.3])
+    picks = pick_examples(y, pred, conf, share, 2)
+    # correct: the most confident right answer (0); wrong reason: of the other confident (>= 0.5) right
+    # answers the one with most border mass (1, not the unconfident 2); mistake: the most confident (3)
+    assert picks[0] == {"correct": 0, "wrong_reason_candidate": 1, "misclassified": 3}
+    assert picks[1] == {"correct": None, "wrong_reason_candidate": None, "misclassified": 4}
+
+
 def test_random_resized_crop_full_view_is_identity_or_mirror():
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
@@ -119,5 +153,8 @@ def test_smoke_run(tmp_path):
     assert res["gradcam_comparison"]["pearson_raw_mean"] > 0.999
     figs = tmp_path / "figures"
     for name in ("lab_cam_overview.png", "lab_cam_curves.png", "lab_cam_gradcam.png"):
-        assert (figs / name).stat().st_size > 0
-    assert any((figs / "cam").glob("*.png"))
+        assert_figure(figs / name)
+    examples = sorted((figs / "cam").glob("*.png"))
+    assert len(examples) == len(res["examples"]) > 0  # one file per example recorded, no stale ones
+    for f in examples:
+        assert_figure(f)

@@ -21,7 +21,7 @@ from common.dbvae import (DBVAE, IMAGE_SHAPE, Augment, DBVAELoss, FaceBatches, S
                           load_h5, parse_utkface_name, rejection_threshold, reparameterize,
                           sampling_probabilities, sampling_summary, group_metrics)
 from common.stats import sign_flip_p_value
-from conftest import DATA_DIR, load_result, run_script
+from conftest import DATA_DIR, assert_figure, load_result, run_script
 
 HAS_FACES = (DATA_DIR / "UTKFace").is_dir() and (DATA_DIR / "imagenette2-160").is_dir()
 needs_faces = pytest.mark.skipif(not HAS_FACES, reason=f"UTKFace/imagenette2-160 not found under {DATA_DIR}")
@@ -213,7 +213,7 @@ def test_smoke_run(tmp_path):
     assert r["primary_endpoint"]["name"] == "jittered_group_var"
     assert len(r["sampling"]["per_epoch"]) == r["config"]["epochs"]
     for name in ("groups", "paired", "sampling"):
-        assert (tmp_path / "figures" / f"lab_dbvae_{name}.png").stat().st_size > 10_000
+        assert_figure(tmp_path / "figures" / f"lab_dbvae_{name}.png")
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from common import fewshot
 from common.data import TensorData, first_n_subset
 from common.models import AutoEncoder, Classifier
 from common.train import aggregate_histories, fit, fit_seeds, overfitting_summary, predict
-from common.utils import seed_everything
+from common.utils import UserError, seed_everything
 from conftest import load_result, needs_mnist, run_script
 
 
@@ -205,3 +205,12 @@ def test_ex3_smoke(tmp_path):
     assert r["ae_test_l1"] > 0 and r["cls_decoder_test_l1"] > 0
     for f in ["ex3_digits.png", "ex3_tsne.png"]:
         assert (tmp_path / "figures" / f).exists()
+
+
+def test_seed_flags_mean_what_they_say():
+    ns = lambda **kw: argparse.Namespace(**{"seed": 0, "n_seeds": 10, "seeds": None, **kw})
+    assert fewshot.resolve_seeds(ns()) == list(range(10))
+    assert fewshot.resolve_seeds(ns(seed=7, n_seeds=3)) == [7, 8, 9]   # --seed is the first seed
+    assert fewshot.resolve_seeds(ns(seeds=[11, 12])) == [11, 12]
+    with pytest.raises(UserError, match="duplicates"):
+        fewshot.resolve_seeds(ns(seeds=[1, 1]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,8 @@ PRACTICAL_HEADINGS = [
     "Lab: class activation maps (CAM)", "References",
 ]
 FIGURES = ["ex1_reconstructions.png", "ex1_loss.png", "ex2_curves.png", "ex2_baselines.png", "ex3_digits.png",
-           "ex3_tsne.png", "ex4_curves.png", "ex45_compare.png", "lab_dbvae_groups.png", "lab_dbvae_paired.png",
+           "ex3_tsne.png", "ex4_curves.png", "ex4_curves_time.png", "ex45_compare.png", "ex45_compare_time.png",
+           "lab_dbvae_groups.png", "lab_dbvae_paired.png",
            "lab_dbvae_sampling.png", "lab_cam_overview.png",
            "lab_cam_curves.png", "lab_cam_gradcam.png"]
 
@@ -109,6 +111,8 @@ def _dbvae_synthetic(ms) -> dict:
 def synthetic_results(d):
     """Every result file, in the schemas the scripts write (numbers and {mean, std} forms mixed)."""
     ms = lambda m, s: {"mean": m, "std": s, "values": [m - s, m + s]}  # noqa: E731
+    ci = lambda m, s: {"mean": m, "std": s, "ci95": [m - 2 * s, m + 2 * s], "values": [m - s, m + s]}  # noqa: E731
+    diff = lambda d, lo, hi, p, w: {"mean_diff": d, "ci95": [lo, hi], "p_value": p, "verdict": w}  # noqa: E731
     res = {
         "ex1": {"latent_dim": 12, "variants": {
             "conv": {"test_l1": 0.061, "params": 193156, "collapsed": False, "latent_shape": [12]},
@@ -123,16 +127,34 @@ def synthetic_results(d):
                 "within_class": {"ae": 3.1, "cls": 1.2}, "between_class": {"ae": 4.0, "cls": 6.5},
                 "knn_acc": {"ae": 0.95, "cls": 0.99},
                 "per_class_within": {"ae": [3.0 + i / 10 for i in range(10)], "cls": [1.0 + i / 20 for i in range(10)]}},
-        "ex4": {"train_indices": list(range(100)), "seeds": [0, 1, 2], "final_test_acc": ms(0.71, 0.02),
-                "final_test_loss": ms(1.3, 0.1), "best_epoch_test_loss": 0.95, "best_test_acc": ms(0.73, 0.01),
-                "overfitting": {"epoch_min_test_loss": 12, "epoch_train_acc_100": 9, "final_gap_acc": 0.29,
-                                "test_loss_increase": 0.35},
-                "history": _hist(3)},
-        "ex5": {"train_indices": list(range(100)), "seeds": [0, 1, 2], "final_test_acc": ms(0.83, 0.015),
-                "final_test_loss": 0.7, "overfitting": {"epoch_min_test_loss": 20, "final_gap_acc": 0.17},
-                "variants": {"finetune": {"final_test_acc": ms(0.83, 0.015)},
-                             "frozen_encoder": {"final_test_acc": 0.78},
-                             "finetune_augment": {"final_test_acc": ms(0.86, 0.01)}}},
+        "ex4": {"train_indices": list(range(100)), "train_class_counts": [10] * 10, "seeds": [0, 1, 2],
+                "final_test_acc": ci(0.71, 0.02), "final_test_loss": ci(1.3, 0.1), "final_gap_acc": ci(0.29, 0.01),
+                "curve_test_size": 1000, "final_test_size": 10000, "params": 119190,
+                "overfitting": {"epoch_min_test_loss": 40, "epoch_train_acc_100": 25, "test_loss_rise": 0.35},
+                "config": {"epochs": 150, "lr": 0.001, "batch_size": 100, "eval_every": 10, "curve_test_size": 1000},
+                "recipe": {"optimizer": "AdamW", "schedule": "constant", "epochs": 150, "lr": 0.001},
+                "history": {"0": _hist(3)}, "mean_history": _hist(3)},
+        "ex5": {"train_indices": list(range(100)), "seeds": [0, 1, 2], "config": {"encoder_lr_ratio": 0.1},
+                "variants": {
+                    "scratch": {"label": "ex4: from scratch", "final_test_acc": ci(0.71, 0.02),
+                                "final_test_loss": ci(1.3, 0.1)},
+                    "finetune": {"label": "ex5", "final_test_acc": ci(0.83, 0.015), "final_test_loss": ci(0.7, 0.05),
+                                 "vs_scratch": diff(0.12, 0.08, 0.16, 0.001, "higher"),
+                                 "vs_scratch_loss": diff(-0.6, -0.7, -0.5, 0.001, "lower")},
+                    "frozen_encoder": {"label": "frozen", "final_test_acc": ci(0.86, 0.01),
+                                       "final_test_loss": ci(0.5, 0.05),
+                                       "vs_scratch": diff(0.15, 0.1, 0.2, 0.001, "higher")}},
+                "comparisons": {name: {"acc": diff(a, a - 0.02, a + 0.02, 0.01, w), "loss": diff(0, -0.1, 0.1, 0.9,
+                                                                                                  "no significant difference")}
+                                for name, a, w in (("finetune - frozen_encoder", -0.03, "lower"),
+                                                   ("finetune_lowlr - frozen_encoder", -0.01, "lower"),
+                                                   ("finetune_lowlr - finetune", 0.02, "higher"))},
+                "goal_finetune_plus_10": {"mean_diff": 0.12, "ci95": [0.08, 0.16], "met": True, "ci_excludes_5": True}},
+        "ex5_selftrain": {"seeds": [0, 1, 2], "config": {"rounds": [0.5, 1.0], "neighbours": 15, "round_epochs": 4,
+                                                         "device": "cpu"}, "wall_time_s": 600.0,
+                          "variants": {"scratch": {"final_test_acc": ci(0.71, 0.02)},
+                                       "selftrain": {"final_test_acc": ci(0.972, 0.004), "final_test_loss": ci(0.13, 0.01),
+                                                     "vs_scratch": diff(0.26, 0.25, 0.27, 0.0001, "higher")}}},
         "lab_dbvae": _dbvae_synthetic(ms),
         "lab_cam": {"val_acc": 0.81, "history": _hist(2), "classes": ["tench", "English springer", "cassette player"]},
         "bench": {"ae": {"ours_img_s": 5200.0, "baseline_img_s": 2100.0, "speedup": 2.48, "frac_of_matmul_peak": 0.31},
@@ -190,12 +212,19 @@ def test_build_with_full_synthetic_results(tmp_path):
     assert_headings(text)
     assert "Result not available yet" not in text and "not run" not in text
     # numbers really come from the JSON files, in both the plain and the {mean, std} form
-    for s in ("99.31%", "0.0520", "193,156", "71.00 ± 2.00%", "83.00 ± 1.50%", "88.18%", "81.00%", "2.5×"):
+    for s in ("99.31%", "0.0520", "193,156", "71.00 % [67.00, 75.00]", "83.00 % [80.00, 86.00]",
+              "+12.00 pts [+8.00, +16.00]", "88.18%", "81.00%", "2.5×", "97.20 % [96.40, 98.00]"):
         assert s in text, s
+    # ex5's words come from the JSON: the goal flags and the paired verdicts
+    assert "+10 points is met" in text.replace("\n", " ") and "does not close the accuracy gap" in text.replace("\n", " ")
     # the DB-VAE section reads the comparison block: values, p and the computed verdict word
     for s in ("12.50 %2 for the standard CNN and 8.00 %2 for the DB-VAE", "p = 0.008", "variance is lower than",
               "the gap is measurable", "2.0× their share", "0.85–1.15"):
         assert s in text.replace("%²", "%2").replace(" ²", "2"), s
+    # ex2's comparison word comes from the binomial standard error (0.29 points apart, SE of the difference 0.13)
+    assert "ours is higher" in text
+    # ex1's latent code is derived from the model config: the conv-only code is a 3 x 2 x 2 map flattened to 12
+    assert "3 × 2 × 2 → 12" in text
     # ex3's text reads the direction from the numbers (cls is more separated, ae more variable)
     assert "better separated in the classifier" in text
     assert "in-class variability is higher for the autoencoder" in text
@@ -212,7 +241,7 @@ def test_build_ignores_a_broken_result_file(tmp_path):
     assert "ex3" in info["missing"] and "ex4" not in info["missing"] and "ex5" not in info["missing"]
     text = pdf_text(tmp_path / "b.pdf")
     assert_headings(text)
-    assert "Runs: one seed" in text  # ex5 section rendered from the cleaned copy
+    assert "Runs: 1 seed (1)" in text  # ex5 section rendered from the cleaned copy
 
 
 def _mutate(obj, leaf):
@@ -245,3 +274,45 @@ def test_build_survives_wrong_container_types(tmp_path):
         (tmp_path / "results" / f"{name}.json").write_text(json.dumps(bad))
     _build_module().build(tmp_path / "w.pdf", tmp_path / "results", tmp_path / "figures", quiet=True)
     assert_headings(pdf_text(tmp_path / "w.pdf"))
+
+
+# Names the report legitimately shows as code (monospace): the ex1 and ex5 variant names. Any other
+# snake_case word in the PDF text is a raw JSON key leaking into the prose. File names (foo_bar.py,
+# lab_cam.json, ...) are removed before the check.
+ALLOWED_SNAKE_CASE = {"conv_fc", "finetune_lowlr", "frozen_encoder", "finetune_augment", "frozen_augment"}
+SNAKE_CASE = re.compile(r"\b[a-z]+_[a-z_]+\b")
+FILE_NAME = re.compile(r"[\w./-]+\.(?:py|json|png|pt|typ|pdf)\b")
+
+
+def raw_keys(text: str) -> list[str]:
+    return sorted(set(SNAKE_CASE.findall(FILE_NAME.sub(" ", text))) - ALLOWED_SNAKE_CASE)
+
+
+def test_raw_key_detector():
+    assert raw_keys("final test accuracy 66.34 %; variant finetune_augment; see ex4_few_shot.py, lab_cam.json") == []
+    assert raw_keys("the final_test_acc is 0.66 and border_share 0.3") == ["border_share", "final_test_acc"]
+
+
+@pytest.mark.slow
+def test_built_report_has_no_raw_keys_or_ascii_arrows_and_places_every_figure(tmp_path):
+    """Issue 12, item 5: built from the committed results and figures, the PDF text shows no raw snake_case
+    JSON keys and no ASCII '<=' / '->' / '>='; every figure the scripts write into report/figures/ is either
+    placed by ex2.typ or listed, with a reason, in build.py's UNUSED_FIGURES."""
+    report = REPO / "report"
+    for sub in ("results", "figures"):  # a copy, so a concurrent experiment writing there cannot interfere
+        if (report / sub).is_dir():
+            shutil.copytree(report / sub, tmp_path / sub)
+    out = tmp_path / "ex2.pdf"
+    run_build("--report-dir", tmp_path, "--out", out)
+    text = pdf_text(out)
+    assert raw_keys(text) == [], f"raw JSON keys in the PDF text: {raw_keys(text)}"
+    for ascii_op in ("<=", "->", ">="):
+        assert ascii_op not in text, f"ASCII {ascii_op!r} in the PDF text (use ≤ / → / ≥ or words)"
+
+    mod = _build_module()
+    unused = mod.UNUSED_FIGURES
+    assert all(isinstance(why, str) and why.strip() for why in unused.values()), "every unused figure needs a reason"
+    placed = mod.placed_figures()
+    assert not placed & set(unused), f"figures both placed and listed as unused: {sorted(placed & set(unused))}"
+    assert mod.unplaced_figures(tmp_path / "figures") == [], \
+        "figures in report/figures/ neither placed in ex2.typ nor listed in UNUSED_FIGURES"
