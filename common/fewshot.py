@@ -25,7 +25,7 @@ from .utils import UserError, add_common_args, fraction, nonneg_float, nonneg_in
 # 10 seeds of ex4 under a minute on 2 CPU cores.
 RECIPE = dict(epochs=100, batch_size=100, lr=1e-3)
 N_SEEDS = 10           # enough for a t-interval of useful width; a seed costs ~4 s on 2 CPU cores
-CURVE_TEST_SIZE = 1000  # test images evaluated every --eval-every epochs for the curves (see add_args)
+CURVE_TEST_SIZE = 500   # test images evaluated every --eval-every epochs for the curves (see add_args)
 
 
 def add_args(p: argparse.ArgumentParser, *, runs_dir: bool) -> argparse.ArgumentParser:
