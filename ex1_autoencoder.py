@@ -90,7 +90,7 @@ def main(argv=None) -> dict:
     results = {"name": "ex1", "config": run_config(args), "seed": args.seed, "latent_dim": args.latent_dim,
                "variants": {}, "history": {}}
     recons = {}
-    tb_root = tensorboard_dir(args, "ex1")  # None unless --tensorboard
+    tb_root = tensorboard_dir(args, "ex1", runs_dir)  # None unless --tensorboard
     for name in args.variants:
         results["variants"][name], results["history"][name], recons[name] = train_variant(
             name, args, train, test, device, runs_dir, tb_root)

@@ -61,7 +61,7 @@ def main(argv=None) -> dict:
         hist = fit(model, train, test, epochs=epochs, lr=args.lr, batch_size=args.batch_size, gen=gen,
                    device=device, augment=augment, ckpt_path=runs_dir / ckpt, resume=args.resume,
                    desc=f"ex2 {name}", hparams=run_config(args),
-                   tb_dir=tensorboard_dir(args, f"ex2/{name}"))
+                   tb_dir=tensorboard_dir(args, f"ex2/{name}", runs_dir))
         return {"test_acc": hist[-1]["test_acc"], "test_loss": hist[-1]["test_loss"],
                 "params": count_parameters(model), "history": hist}
 

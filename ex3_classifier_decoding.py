@@ -143,7 +143,7 @@ def main(argv=None) -> dict:
     hist = fit(model, train, test, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, gen=gen,
                device=device, reconstruct=True, params=model.decoder.parameters(),
                ckpt_path=runs_dir / "ex3_cls_decoder.pt", resume=args.resume, desc="ex3 decoder",
-               tb_dir=tensorboard_dir(args, "ex3"), hparams=run_config(args))
+               tb_dir=tensorboard_dir(args, "ex3", runs_dir), hparams=run_config(args))
 
     # ---- evaluate: reconstructions, and the latent spaces on the test set (standardised codes)
     recon = {"AE (ex1)": predict(ae, test.x, device), "classifier enc. + decoder": predict(model, test.x, device)}

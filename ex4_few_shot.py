@@ -33,7 +33,7 @@ def get_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = get_args(argv)
-    fig_dir, res_dir, _ = resolve_output_dirs(args)
+    fig_dir, res_dir, runs_dir = resolve_output_dirs(args)  # runs_dir: --tensorboard only
     device = pick_device(args.device)
     t_start = time.perf_counter()
 
@@ -47,7 +47,7 @@ def main(argv=None) -> dict:
         return Classifier(args.latent_dim, args.channels, fc=True, hidden=args.hidden, dropout=args.dropout)
 
     r = fit_seeds(make_model, seeds, data.train, data.curve_test, final_test=data.test, device=device,
-                  desc="ex4", tb_dir=tensorboard_dir(args, "ex4"), hparams=run_config(args),
+                  desc="ex4", tb_dir=tensorboard_dir(args, "ex4", runs_dir), hparams=run_config(args),
                   **fewshot.fit_kwargs(args))
     results = {"name": "ex4", "config": run_config(args),
                "recipe": {"optimizer": "AdamW", **fewshot.fit_kwargs(args)}, "model": make_model().config,

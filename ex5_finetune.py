@@ -148,7 +148,7 @@ def main(argv=None) -> dict:
             extra = {"train_fn": selftrain_fn(args, ae, data, device)}
         r = fit_seeds(partial(make_model, args, ae if from_ae else None, freeze), seeds, data.train,
                       data.curve_test, final_test=data.test, device=device, desc=f"ex5 {name}",
-                      tb_dir=tensorboard_dir(args, f"ex5/{name}"), hparams=run_config(args),
+                      tb_dir=tensorboard_dir(args, f"ex5/{name}", runs_dir), hparams=run_config(args),
                       **fewshot.fit_kwargs(args), **extra)
         results["variants"][name] = {"label": label, **r}
     ref = results["variants"]["scratch"]

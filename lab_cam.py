@@ -93,7 +93,7 @@ def main(argv=None) -> dict:
     hist = fit(model, train, val, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, gen=gen,
                device=device, loss_fn=loss_fn, weight_decay=args.weight_decay, augment=augment,
                ckpt_path=runs_dir / "lab_cam.pt", resume=args.resume, desc="lab_cam",
-               tb_dir=tensorboard_dir(args, "lab_cam"), hparams=run_config(args))
+               tb_dir=tensorboard_dir(args, "lab_cam", runs_dir), hparams=run_config(args))
     fit_wall_time_s = time.perf_counter() - t_start - data["load_time_s"]
 
     # ---- evaluate (float32): predictions and predicted-class CAMs of every val image; CAM vs Grad-CAM

@@ -97,7 +97,7 @@ def train_model(kind: str, seed: int, data: dict, args, device, runs_dir: Path, 
     batches = FaceBatches(faces, data["train_negs"], args.batch_size, seed, device, augment)  # the batch sampler
     loss_fn = DBVAELoss(args.kl_weight) if kind == "dbvae" else classifier_loss          # the loss callable
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    tb_root = tensorboard_dir(args, "lab_dbvae")
+    tb_root = tensorboard_dir(args, "lab_dbvae", runs_dir)
     tb = TensorBoardLog(tb_root / f"{kind}_seed{seed}") if tb_root is not None else None
     history, train_time = [], 0.0
     bar = tqdm(total=args.epochs * len(batches), desc=f"{kind} seed {seed}", unit="step", mininterval=2.0,

@@ -260,12 +260,13 @@ class TensorBoardLog:
         self.writer.close()
 
 
-def tensorboard_dir(args, script: str) -> Path | None:
-    """runs/tb/<script>/<time stamp> with --tensorboard (under --runs-dir when the script has one), else None."""
+def tensorboard_dir(args, script: str, runs_dir: Path | None = None) -> Path | None:
+    """<runs dir>/tb/<script>/<time stamp> with --tensorboard, else None. `runs_dir` is the script's
+    resolved checkpoint folder (utils.resolve_output_dirs: runs/, or <out-dir>/runs for --smoke)."""
     if not getattr(args, "tensorboard", False):
         return None
     from .utils import RUNS_DIR
-    root = getattr(args, "runs_dir", None) or RUNS_DIR
+    root = runs_dir or getattr(args, "runs_dir", None) or RUNS_DIR
     return Path(root) / "tb" / script / time.strftime("%Y%m%d-%H%M%S")
 
 

@@ -259,7 +259,10 @@ def readme_table(results_dir: Path) -> str:
     rows.append(("full pipeline ex1–ex5", "sum of the committed runs' wall times (see note below)",
                  f"{sum(walls) / 60:.1f} min" if all(isinstance(w, (int, float)) for w in walls) else "–",
                  "≤ 20 min"))
-    rows.append(("ex4 (main job)", "wall time", f"{_num(g('ex4', 'wall_time_s'), '.0f')} s", "≤ 60 s"))
+    rows.append(("ex4 (main job)", "wall time of the default run (run from a fresh clone; data loading included, "
+                 "Python start-up not)", f"{_num(g('ex4', 'wall_time_s'), '.0f')} s", "≤ 60 s"))
+    rows.append(("ex5", "wall time of the default run (6 variants × 10 seeds)",
+                 f"{_num(g('ex5', 'wall_time_s'), '.0f')} s", "≤ 4 min"))
     for lab, goal in (("lab_dbvae", "≤ 15 min"), ("lab_cam", "≤ 20 min")):
         w = g(lab, "wall_time_s")
         rows.append((lab, "wall time of the default run", f"{w / 60:.1f} min" if isinstance(w, (int, float)) else "–", goal))

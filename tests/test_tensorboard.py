@@ -10,6 +10,7 @@ from common.data import TensorData
 from common.models import Classifier
 from common.train import TensorBoardLog, fit, tensorboard_dir
 from common.utils import seed_everything
+from conftest import load_result, needs_mnist, run_script
 
 
 def _read_scalars(log_dir):
@@ -40,3 +41,17 @@ def test_tag_names_and_the_flag():
     assert tensorboard_dir(argparse.Namespace(tensorboard=False), "ex1") is None
     d = tensorboard_dir(argparse.Namespace(tensorboard=True, runs_dir=None), "ex4")
     assert d.parts[-3:-1] == ("tb", "ex4")
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_ex4_smoke_with_tensorboard_logs_each_seed_as_in_its_json(tmp_path):
+    run_script("ex4_few_shot.py", tmp_path, "--tensorboard")
+    r = load_result(tmp_path, "ex4")
+    assert r["config"]["tensorboard"] is True
+    for seed in r["seeds"]:
+        (run_dir,) = (tmp_path / "runs" / "tb" / "ex4").iterdir()   # one time-stamped run, one folder per seed
+        got = _read_scalars(run_dir / f"seed{seed}")
+        hist = r["history"][str(seed)]
+        assert [v for _, v in got["loss/train"]] == pytest.approx([row["train_loss"] for row in hist], abs=1e-6)
+        assert [s for s, _ in got["acc/test"]] == [row["epoch"] for row in hist if "test_acc" in row]
