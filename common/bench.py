@@ -121,7 +121,76 @@ def get_args(argv=None) -> argparse.Namespace:
                    help="optional speed-ups to measure on our AE loop (default: channels_last bf16_autocast;"
                         " compile takes minutes to warm up on 2 cores)")
     p.add_argument("--smoke", action="store_true", help="3 steps, 1 repeat, into a temp dir")
+    p.add_argument("--stacking", action="store_true",
+                   help="instead: ex4's question, 10 seeds as one vmap-stacked network vs 10 plain networks "
+                        "(writes bench_stacking.json)")
     return p.parse_args(argv)
+
+
+def bench_stacking(args, n_seeds: int = 10, test_images: int = 2000) -> dict:
+    """Seconds per call, interleaved over `args.repeats` rounds, of (a) one training step of `n_seeds`
+    ex4 classifiers stacked into one network (torch.func.stack_module_state + vmap: the convolutions
+    become grouped convolutions) and (b) the same step of the `n_seeds` plain networks one after another,
+    on ex4's full batch of 100 images; and the same for one forward pass over `test_images` images."""
+    import copy
+    from torch.func import functional_call, stack_module_state, vmap
+
+    x, y = torch.rand(100, 1, 28, 28), torch.randint(0, 10, (100,))   # (B, 1, 28, 28): ex4's full batch
+    xt = torch.rand(test_images, 1, 28, 28)
+    models = []
+    for s in range(n_seeds):
+        seed_everything(s)
+        models.append(Classifier())
+    params, buffers = stack_module_state(models)                       # each tensor (S, ...)
+    params = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+    base = copy.deepcopy(models[0]).to("meta")
+    opt_s = torch.optim.AdamW(params.values(), 1e-3)
+    opts = [torch.optim.AdamW(m.parameters(), 1e-3) for m in models]
+    f = lambda p, b, inp: functional_call(base, (p, b), (inp,))         # noqa: E731
+
+    def stacked_step():
+        base.train()
+        out = vmap(f, in_dims=(0, 0, None), randomness="different")(params, buffers, x)   # (S, B, 10)
+        loss = cross_entropy(out.flatten(0, 1), y.repeat(n_seeds), reduction="none").view(n_seeds, -1).mean(1).sum()
+        opt_s.zero_grad()
+        loss.backward()
+        opt_s.step()
+
+    def plain_steps():
+        for m, o in zip(models, opts):
+            m.train()
+            loss = cross_entropy(m(x), y)
+            o.zero_grad()
+            loss.backward()
+            o.step()
+
+    @torch.inference_mode()
+    def stacked_eval():
+        base.eval()
+        vmap(f, in_dims=(0, 0, None))(params, buffers, xt)
+
+    @torch.inference_mode()
+    def plain_eval():
+        for m in models:
+            m.eval()
+            m(xt)
+
+    calls = {"stacked_step_s": (stacked_step, 5), "plain_steps_s": (plain_steps, 5),
+             "stacked_eval_s": (stacked_eval, 2), "plain_eval_s": (plain_eval, 2)}
+    for fn, _ in calls.values():
+        fn()  # warm-up
+    runs = {k: [] for k in calls}
+    for r in range(args.repeats):
+        for k, (fn, reps) in calls.items():
+            t0 = time.perf_counter()
+            for _ in range(1 if args.smoke else reps):
+                fn()
+            runs[k].append(time.perf_counter() - t0 if args.smoke else (time.perf_counter() - t0) / reps)
+        print(f"stacking round {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in runs.items()))
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    return {"n_seeds": n_seeds, "test_images": test_images, "runs": runs, **med,
+            "step_ratio_stacked_over_plain": med["stacked_step_s"] / med["plain_steps_s"],
+            "eval_ratio_stacked_over_plain": med["stacked_eval_s"] / med["plain_eval_s"]}
 
 
 def bench_model(make, loss_fn, reconstruct: bool, data, ref_ds, args, name: str, peak: float) -> dict:
@@ -166,6 +235,13 @@ def main(argv=None) -> dict:
         args.steps, args.repeats = 3, 1
     _, res_dir = resolve_output_dirs(args)[:2]
     torch.set_num_threads(args.threads)
+    if args.stacking:
+        r = {"name": "bench_stacking", "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+             "torch": torch.__version__, "threads": args.threads, **bench_stacking(args)}
+        print(f"stacked / plain: training step {r['step_ratio_stacked_over_plain']:.2f}x, "
+              f"test forward {r['eval_ratio_stacked_over_plain']:.2f}x (above 1: stacking is slower)")
+        print(f"wrote {write_json_atomic(res_dir / 'bench_stacking.json', r)}")
+        return r
 
     from torchvision.datasets import MNIST
     from torchvision.transforms import ToTensor

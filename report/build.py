@@ -255,6 +255,10 @@ def readme_table(results_dir: Path) -> str:
          f" ({_num(g('bench', 'ae', 'speedup'), '.2f')}×), {_pct(g('bench', 'ae', 'frac_of_matmul_peak'))}",
          "≥ 2× and ≥ 60 %"),
     ]
+    rows.append(("seed stacking for ex4 (`python -m common.bench --stacking`)",
+                 "time of 10 vmap-stacked seeds / 10 plain seeds: training step, test forward pass",
+                 f"{_num(g('bench_stacking', 'step_ratio_stacked_over_plain'), '.2f')}× / "
+                 f"{_num(g('bench_stacking', 'eval_ratio_stacked_over_plain'), '.2f')}×", "below 1× to adopt"))
     walls = [g(n, "wall_time_s") for n in ("ex1", "ex2", "ex3", "ex4", "ex5")]
     rows.append(("full pipeline ex1–ex5", "sum of the committed runs' wall times (see note below)",
                  f"{sum(walls) / 60:.1f} min" if all(isinstance(w, (int, float)) for w in walls) else "–",

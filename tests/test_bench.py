@@ -79,3 +79,12 @@ def test_bench_smoke_writes_structured_json(tmp_path, data_dir):
         assert len(m["ours_runs_img_s"]) == len(m["baseline_runs_img_s"]) == r["config"]["repeats"] == 1
         assert m["train_flops_per_img"] > 0 and m["steps"] == 3
     assert set(r["ae"]["options_img_s"]) == {"channels_last", "bf16_autocast"}
+
+
+@pytest.mark.slow
+def test_stacking_bench_reports_both_paths_and_their_ratio():
+    import argparse
+    from common.bench import bench_stacking
+    r = bench_stacking(argparse.Namespace(repeats=1, smoke=True), n_seeds=2, test_images=50)
+    assert r["n_seeds"] == 2 and all(len(v) == 1 and v[0] > 0 for v in r["runs"].values())
+    assert r["step_ratio_stacked_over_plain"] == pytest.approx(r["stacked_step_s"] / r["plain_steps_s"])
