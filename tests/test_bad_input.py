@@ -376,6 +376,15 @@ def _ex3_prerequisite(unfinished: bool):
     return make
 
 
+def _ex5_autoencoder_of_another_recipe(tmp: Path) -> list[str]:
+    """A finished 2-epoch ex1 autoencoder on the full data: ex5 --smoke expects 1 epoch on 1024 images."""
+    from common.models import AutoEncoder
+    from common.train import mean_l1
+    recipe = fit_recipe(epochs=2, lr=3e-3, batch_size=128, train_size=60000, loss_fn=mean_l1)
+    _smoke_ckpt(tmp / "runs", "ex1_conv_fc.pt", AutoEncoder(12, (32, 64, 128), fc=True), recipe, 2)
+    return ["--runs-dir", str(tmp / "runs")]
+
+
 def _mnist(damage: dict):
     def make(tmp: Path) -> Path:
         return mnist_copy(tmp / "data", damage)
@@ -425,6 +434,7 @@ CASES = [
     ("ckpt-resume-other-epochs", ["ex1_autoencoder.py"], _finished_2_epoch_ckpt, "epochs 2 (this run: 1)"),
     ("ckpt-prerequisite-unfinished", ["ex3_classifier_decoding.py"], _ex3_prerequisite(True), "unfinished"),
     ("ckpt-prerequisite-other-recipe", ["ex3_classifier_decoding.py"], _ex3_prerequisite(False), "trained with"),
+    ("ckpt-ex5-autoencoder-other-recipe", ["ex5_finetune.py"], _ex5_autoencoder_of_another_recipe, "trained with"),
     # CLI values
     ("lr-inf", ["ex1_autoencoder.py", "--lr", "inf"], None, "--lr"),
     ("lr-1e9", ["ex1_autoencoder.py", "--lr", "1e9"], None, "--lr"),
