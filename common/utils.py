@@ -231,9 +231,3 @@ def write_json_atomic(path: Path, obj) -> Path:
 def run_config(args: argparse.Namespace) -> dict:
     """The argparse namespace as a JSON-friendly dict (paths relative to the repo)."""
     return _jsonable(vars(args))
-
-
-def mean_std(values) -> dict:
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
-    std = t.std(unbiased=True).item() if len(t) > 1 else 0.0
-    return {"mean": t.mean().item(), "std": std, "values": t.tolist()}
