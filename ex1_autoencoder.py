@@ -63,7 +63,7 @@ def train_variant(name: str, args, train, test, device, runs_dir, tb_root) -> tu
     model = AutoEncoder(args.latent_dim, args.channels, fc=VARIANTS[name]).to(device)
     hist = fit(model, train, test, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, gen=gen,
                device=device, reconstruct=True, ckpt_path=runs_dir / f"ex1_{name}.pt",
-               resume=args.resume, desc=f"ex1 {name}",
+               resume=args.resume, desc=f"ex1 {name}", channels_last=True,
                tb_dir=tb_root / name if tb_root else None, hparams=run_config(args))
     recon = predict(model, test.x, device)  # (N, 1, 28, 28)
     collapsed = is_collapsed(recon, test.x)

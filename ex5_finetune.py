@@ -91,8 +91,9 @@ def lowlr_groups(model: Classifier, ratio: float, lr: float) -> list[dict]:
             {"params": list(model.mlp.parameters()), "lr": lr}]
 
 
-def pretrained_autoencoder(args, data: fewshot.FewLabelData, runs_dir, device) -> AutoEncoder:
-    """The ex1 conv+FC autoencoder: its checkpoint, or trained here with ex1's recipe (AE_RECIPE)."""
+def pretrained_autoencoder(args, data: fewshot.FewLabelData, runs_dir, device) -> tuple[AutoEncoder, dict]:
+    """The ex1 conv+FC autoencoder: its checkpoint, or trained here with ex1's recipe (AE_RECIPE); and that
+    recipe (fit_recipe), which the checkpoint was checked against and ex5.json records."""
     epochs = 1 if args.smoke else AE_RECIPE["epochs"]
     recipe = fit_recipe(epochs=epochs, lr=AE_RECIPE["lr"], batch_size=AE_RECIPE["batch_size"],
                         train_size=len(data.full_train), loss_fn=mean_l1)
@@ -100,11 +101,11 @@ def pretrained_autoencoder(args, data: fewshot.FewLabelData, runs_dir, device) -
     def pretrain(model):  # ex1's recipe, on all (unlabelled) training images
         fit(model.to(device), data.full_train, data.test, epochs=epochs, lr=AE_RECIPE["lr"],
             batch_size=AE_RECIPE["batch_size"], gen=seed_everything(args.seed), device=device, reconstruct=True,
-            ckpt_path=runs_dir / "ex1_conv_fc.pt", desc="ex1 conv_fc (pre-training)")
+            ckpt_path=runs_dir / "ex1_conv_fc.pt", desc="ex1 conv_fc (pre-training)", channels_last=True)
 
     seed_everything(args.seed)
     return load_or_train(runs_dir / "ex1_conv_fc.pt", AutoEncoder(args.latent_dim, args.channels, fc=True),
-                         pretrain, "the ex1 conv+FC autoencoder", recipe=recipe).cpu()
+                         pretrain, "the ex1 conv+FC autoencoder", recipe=recipe).cpu(), recipe
 
 
 def selftrain_fn(args, ae: AutoEncoder, data: fewshot.FewLabelData, device):
@@ -124,6 +125,13 @@ def selftrain_fn(args, ae: AutoEncoder, data: fewshot.FewLabelData, device):
                                                  fractions=rounds, gen=gen, device=device, desc=desc, **fit_kw))
 
 
+def augment_note(variants) -> str:
+    """The augmentation cell of the report's training-setup table for this run's variants."""
+    n = sum(VARIANTS[v][2] for v in variants if v in VARIANTS)
+    return "none" if n == 0 else (f"none, except the {n} augmented variant{'s' if n > 1 else ''} "
+                                  "(shifts ≤ 2 px, rotations ≤ 10°)")
+
+
 def main(argv=None) -> dict:
     args = get_args(argv)
     fig_dir, res_dir, runs_dir = resolve_output_dirs(args)
@@ -133,12 +141,13 @@ def main(argv=None) -> dict:
     data = fewshot.load(args)
     seeds = fewshot.resolve_seeds(args)
     variants = ["scratch"] + [v for v in args.variants if v != "scratch"]  # the reference runs first
-    ae = pretrained_autoencoder(args, data, runs_dir, device) if any(VARIANTS[v][0] for v in variants) else None
+    ae, ae_recipe = (pretrained_autoencoder(args, data, runs_dir, device) if any(VARIANTS[v][0] for v in variants)
+                     else (None, None))
 
     results = {"name": "ex5", "config": run_config(args),
-               "recipe": {"optimizer": "AdamW", **fewshot.fit_kwargs(args)}, "model": make_model(args, None, False).config,
+               "recipe": {"optimizer": "AdamW", **fewshot.fit_kwargs(args), "augment": augment_note(args.variants)}, "model": make_model(args, None, False).config,
                "train_indices": data.train.index, "train_class_counts": fewshot.class_counts(data.train.y),
-               "seeds": seeds, "variants": {}}
+               "seeds": seeds, "autoencoder_recipe": ae_recipe, "variants": {}}
     for name in variants:
         from_ae, freeze, aug, label = VARIANTS[name]
         extra = {"augment": random_affine} if aug else {}

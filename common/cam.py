@@ -280,6 +280,7 @@ def cam_overview_figure(items: list[dict | None], path: Path, title: str,
 
     item: dict(image (3, H, W), cam (H, W) in [0, 1], true, pred, conf), or None for an empty slot.
     The true class labels each row (rows are meant to hold one class); wrong predictions are red.
+    About 8.7 in wide for three pairs, placed at the text width (~6.7 in): the 9 pt labels print at ~7 pt.
     """
     from .plots import plt, save
 
@@ -295,25 +296,25 @@ def cam_overview_figure(items: list[dict | None], path: Path, title: str,
         r, c = divmod(i, ncol_pairs)
         a0, a1 = axes[r][2 * c], axes[r][2 * c + 1]
         if it is None:
-            a0.text(0.5, 0.5, "none", ha="center", va="center", fontsize=7, transform=a0.transAxes)
+            a0.text(0.5, 0.5, "none", ha="center", va="center", fontsize=9, transform=a0.transAxes)
             continue
         img = _img_np(it["image"])
         a0.imshow(img)
         a1.imshow(img)
         a1.imshow(it["cam"].cpu().numpy(), cmap="jet", vmin=0, vmax=1, alpha=0.45)
         ok = it["true"] == it["pred"]
-        a0.set_title(f"pred: {it['pred']}", fontsize=6.5, color="k" if ok else "red")
-        a1.set_title(f"p = {it['conf']:.0%}", fontsize=6.5, color="k" if ok else "red")
+        a0.set_title(f"pred: {it['pred']}", fontsize=9, color="k" if ok else "red")
+        a1.set_title(f"p = {it['conf']:.0%}", fontsize=9, color="k" if ok else "red")
         if c == 0:
-            a0.set_ylabel(f"true:\n{it['true']}", fontsize=7.5)
+            a0.set_ylabel(f"true:\n{it['true']}", fontsize=9)
     fig.subplots_adjust(wspace=0.05, hspace=0.32, top=1 - 0.9 / fig.get_figheight())
     if col_titles:
         for c, t in enumerate(col_titles):
             # a header over each (original, overlay) pair, just above the row titles
             left, right = axes[0][2 * c].get_position(), axes[0][2 * c + 1].get_position()
             fig.text((left.x0 + right.x1) / 2, left.y1 + 0.25 / fig.get_figheight(), t, ha="center",
-                     va="bottom", fontsize=8.5, fontweight="bold")
-    fig.suptitle(title, fontsize=10, y=1 - 0.15 / fig.get_figheight(), va="top")
+                     va="bottom", fontsize=10, fontweight="bold")
+    fig.suptitle(title, fontsize=11, y=1 - 0.15 / fig.get_figheight(), va="top")
     return save(fig, path)
 
 
@@ -478,7 +479,7 @@ def write_figures(ev: dict, val: TensorData, names: list[str], hist: list[dict],
     cam_overview_figure(overview, fig_dir / "lab_cam_overview.png",
                         f"CAMs of the predicted class on Imagenette val (val acc {ev['acc']:.1%})",
                         col_titles=["most confident correct",
-                                    f"correct (p >= {WRONG_REASON_MIN_CONF:.0%}), CAM most in border",
+                                    f"correct (p ≥ {WRONG_REASON_MIN_CONF:.0%}), CAM most in border",
                                     "most confident mistake"])
     plot_curves({"CAM CNN": hist}, fig_dir / "lab_cam_curves.png",
                 "lab_cam: loss (label-smoothed CE) and accuracy per epoch; 'test' = official val split")

@@ -169,6 +169,18 @@ def random_affine(x: torch.Tensor, gen: torch.Generator, max_shift: float = 2.0,
     return torch.nn.functional.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
 
 
+def shift_images(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """x (N, C, H, W) moved dx pixels right and dy pixels down (negative: left / up), zeros shifted in:
+    out[..., i, j] = x[..., i - dy, j - dx] where that pixel exists, else 0 (ex2's shift test, Q2(d))."""
+    h, w = x.shape[-2:]
+    out = torch.zeros_like(x)
+    if abs(dx) >= w or abs(dy) >= h:
+        return out
+    out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        x[..., max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
 # ----------------------------------------------------------------------------- the labs' photo data
 def to_float(x: torch.Tensor, device=None) -> torch.Tensor:
     """uint8 images (N, 3, H, W) 0..255 -> float32 in [0, 1], moved to `device` first when given (the labs

@@ -55,7 +55,8 @@ def plot_curves(runs: dict[str, list[dict]], path: Path, title: str, *, x: str =
             if key == "loss" and logy_loss:
                 ax.set_yscale("log")
             ax.grid(alpha=0.3)
-            ax.set_title(f"{label} vs {xlabel}")
+            if len(metrics) > 1:  # one panel: the figure title says it all (no doubled title)
+                ax.set_title(f"{label} vs {xlabel}")
         handles = [Line2D([], [], color=colors[i % len(colors)], lw=2, label=name) for i, name in enumerate(runs)]
         handles += [Line2D([], [], color="k", ls="--", lw=1.3, label="train"),
                     Line2D([], [], color="k", ls="-", lw=1.3, label="test")]
@@ -129,3 +130,32 @@ def scatter_panels(points: dict[str, "np.ndarray"], labels: torch.Tensor, path: 
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return save(fig, path)
+
+
+def shift_curves(curves: dict[str, dict[str, list[dict]]], shifts: list[int], path: Path, title: str) -> Path:
+    """Accuracy against the shift of the test digits: one panel per model, one line per direction, each
+    point with its 95 % Wilson interval as an error bar.
+
+    curves: model name -> direction -> one {"rate", "ci95"} per shift (stats.wilson). The y axis starts
+    at 0 because it shows a rate. Sized for a full text width (~17 cm) at 1:1, 8 pt text.
+    """
+    with plt.rc_context({"font.size": 8, "axes.titlesize": 9, "legend.fontsize": 8}):
+        fig, axes = plt.subplots(1, len(curves), figsize=(3.4 * len(curves), 2.7), squeeze=False, sharey=True)
+        markers = "os^vD<>"
+        for ax, (name, by_dir) in zip(axes[0], curves.items()):
+            for i, (direction, pts) in enumerate(by_dir.items()):
+                ys = [p["rate"] for p in pts]
+                err = [[y - p["ci95"][0] for y, p in zip(ys, pts)], [p["ci95"][1] - y for y, p in zip(ys, pts)]]
+                ax.errorbar(shifts, ys, yerr=err, marker=markers[i % len(markers)], ms=3, lw=1.2, capsize=2,
+                            label=direction)
+            ax.set_title(name)
+            ax.set_xlabel("shift of the test digits (pixels)")
+            ax.set_ylim(0, 1.02)
+            ax.set_xticks(shifts)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("test accuracy")
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(labels), frameon=False)
+        return save(fig, path)

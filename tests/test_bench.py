@@ -78,7 +78,18 @@ def test_bench_smoke_writes_structured_json(tmp_path, data_dir):
         assert m["ours_img_s"] > 0 and m["baseline_img_s"] > 0  # both paths trained
         assert len(m["ours_runs_img_s"]) == len(m["baseline_runs_img_s"]) == r["config"]["repeats"] == 1
         assert m["train_flops_per_img"] > 0 and m["steps"] == 3
-    assert set(r["ae"]["options_img_s"]) == {"channels_last", "bf16_autocast"}
+    assert set(r["ae"]["options"]) == {"plain", "channels_last", "bf16_autocast"}
+    assert r["ae"]["options"]["plain"]["ratio_vs_plain"] == pytest.approx(1.0)
+    peak = r["matmul_peak"]  # one peak measurement per round of each model, interleaved with the model runs
+    assert len(peak["round_best_gflops"]) == 2 and peak["best_gflops"] == max(peak["round_best_gflops"])
+    assert r["ae"]["frac_of_matmul_peak"] == pytest.approx(r["ae"]["achieved_gflops"] / peak["best_gflops"])
+
+
+def test_matmul_peak_is_the_best_over_sizes(monkeypatch):
+    fake = {512: 50.0, 1024: 80.0, 1536: 70.0, 2048: 65.0}
+    monkeypatch.setattr(bench, "matmul_gflops", lambda n, seconds: fake[n])
+    r = bench.matmul_peak(seconds=0.01)
+    assert r["best_gflops"] == 80.0 and r["by_size_gflops"] == {str(k): v for k, v in fake.items()}
 
 
 @pytest.mark.slow
@@ -88,3 +99,17 @@ def test_stacking_bench_reports_both_paths_and_their_ratio():
     r = bench_stacking(argparse.Namespace(repeats=1, smoke=True), n_seeds=2, test_images=50)
     assert r["n_seeds"] == 2 and all(len(v) == 1 and v[0] > 0 for v in r["runs"].values())
     assert r["step_ratio_stacked_over_plain"] == pytest.approx(r["stacked_step_s"] / r["plain_steps_s"])
+
+
+def test_recipe_sweep_extends_rows_of_the_same_machine_only(tmp_path):
+    import json
+    path = tmp_path / "bench_recipes.json"
+    machine = {"cpu": "X", "torch_threads": 2}
+    old = [{"model": "ex1 conv_fc", "epochs": 4, "value": 0.031}, {"model": "ex1 conv_fc", "epochs": 6, "value": 0.029}]
+    path.write_text(json.dumps({"machine": machine, "rows": old}))
+    new = [{"model": "ex1 conv_fc", "epochs": 4, "value": 0.030}, {"model": "ex2 classifier", "epochs": 4, "value": 0.99}]
+    rows = bench.merge_recipe_rows(path, new, machine)
+    assert [(r["model"], r["epochs"], r["value"]) for r in rows] == [
+        ("ex1 conv_fc", 4, 0.030), ("ex1 conv_fc", 6, 0.029), ("ex2 classifier", 4, 0.99)]
+    assert bench.merge_recipe_rows(path, new, {"cpu": "Y", "torch_threads": 2}) == sorted(
+        new, key=lambda r: r["model"])                                    # another CPU: old rows dropped

@@ -341,3 +341,37 @@ def test_collapse_detector_flags_constant_and_black_outputs():
     assert ex1_autoencoder.is_collapsed(x.mean(0, keepdim=True).expand_as(x), x)  # same image for all inputs
     assert not ex1_autoencoder.is_collapsed(x, x)                      # perfect reconstruction
     assert not ex1_autoencoder.is_collapsed((x * 0.9 + 0.05), x)       # faithful but imperfect
+
+
+def test_shift_images_matches_an_explicit_pixel_loop():
+    from common.data import shift_images
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 1, 5, 7, generator=g)
+    for dx, dy in [(0, 0), (2, 0), (-3, 1), (1, -4), (7, 0), (0, -5)]:
+        ref = torch.zeros_like(x)
+        for i in range(5):
+            for j in range(7):
+                if 0 <= i - dy < 5 and 0 <= j - dx < 7:
+                    ref[..., i, j] = x[..., i - dy, j - dx]
+        assert torch.equal(shift_images(x, dx, dy), ref), (dx, dy)
+
+
+def test_ex2_shift_test_counts_correct_predictions_per_shift_and_direction():
+    """A fake classifier that says 'digit 1' when the image's column of mass is right of the centre and '0'
+    otherwise: shifting right keeps every right-leaning image right, shifting left by enough flips it."""
+    import ex2_classifier
+
+    class ColumnOfMass(torch.nn.Module):
+        def forward(self, x):                                  # x (B, 1, H, W)
+            cols = torch.arange(x.shape[-1], dtype=x.dtype)
+            com = (x.sum((1, 2)) * cols).sum(1) / x.sum((1, 2, 3)).clamp_min(1e-9)   # (B,)
+            right = (com > (x.shape[-1] - 1) / 2).float()
+            return torch.stack([1 - right, right], 1)          # (B, 2) logits
+
+    x = torch.zeros(4, 1, 28, 28)
+    x[:, :, 10:18, 15:17] = 1.0                                 # a bar just right of the centre
+    data = TensorData(x, torch.ones(4, dtype=torch.long))
+    r = ex2_classifier.shift_test(ColumnOfMass(), data, [0, 1, 3], torch.device("cpu"))
+    assert [p["rate"] for p in r["right"]] == [1.0, 1.0, 1.0]
+    assert [p["rate"] for p in r["left"]] == [1.0, 1.0, 0.0]    # 15.5 - 3 = 12.5 < 13.5: now 'left'
+    assert [p["rate"] for p in r["up"]] == [1.0, 1.0, 1.0] and r["up"][0]["n"] == 4
