@@ -18,7 +18,7 @@ import torch
 from common.data import load_mnist, smoke_slice
 from common.models import AE_RECIPE, AutoEncoder, count_parameters
 from common.plots import image_rows, plot_curves
-from common.train import fit, mean_l1, predict, tensorboard_dir
+from common.train import fit, mean_l1, predict, recipe_record, tensorboard_dir
 from common.utils import (add_common_args, pick_device, positive_int, resolve_output_dirs, run_config, run_main,
                           seed_everything, write_json_atomic)
 
@@ -87,7 +87,9 @@ def main(argv=None) -> dict:
         train, test, args.epochs = smoke_slice(train, 1024), smoke_slice(test, 256), 1
     print(f"ex1: {len(train)} train / {len(test)} test images, d={args.latent_dim}, device={device}")
 
-    results = {"name": "ex1", "config": run_config(args), "seed": args.seed, "latent_dim": args.latent_dim,
+    results = {"name": "ex1", "config": run_config(args), "seed": args.seed, "threads": torch.get_num_threads(),
+               "recipe": recipe_record(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size),
+               "latent_dim": args.latent_dim,
                "variants": {}, "history": {}}
     recons = {}
     tb_root = tensorboard_dir(args, "ex1", runs_dir)  # None unless --tensorboard

@@ -22,7 +22,7 @@ from common.data import load_mnist, shift_images, smoke_slice
 from common.models import CLASSIFIER_RECIPE, Classifier, Lab2CNN, LabMLP, SkipMLP, count_parameters
 from common.plots import plot_curves, shift_curves
 from common.stats import wilson
-from common.train import fit, predict, tensorboard_dir
+from common.train import fit, predict, recipe_record, tensorboard_dir
 from common.utils import (add_common_args, pick_device, positive_int, resolve_output_dirs, run_config, run_main,
                           seed_everything, write_json_atomic)
 
@@ -91,7 +91,9 @@ def main(argv=None) -> dict:
     seed_everything(args.seed)  # same init for the main model whatever else ran before
     main_model = Classifier(args.latent_dim, args.channels, fc=True, hidden=args.hidden)
     ours = train_one("encoder+MLP", main_model, args.epochs, "ex2_classifier.pt")
-    results = {"name": "ex2", "config": run_config(args), "seed": args.seed, "train_size": len(train),
+    results = {"name": "ex2", "config": run_config(args), "seed": args.seed, "threads": torch.get_num_threads(),
+               "recipe": recipe_record(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, augment=augment),
+               "train_size": len(train),
                "test_size": len(test), **ours, "baselines": {}}
     for name in args.baselines:
         seed_everything(args.seed)

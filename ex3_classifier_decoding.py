@@ -27,7 +27,8 @@ import torch
 from common.data import load_mnist, smoke_slice
 from common.models import AE_RECIPE, CLASSIFIER_RECIPE, AutoEncoder, Classifier, Decoder, EncoderDecoder
 from common.plots import digit_panels, scatter_panels
-from common.train import cross_entropy, fit, fit_recipe, load_or_train, mean_l1, predict, tensorboard_dir
+from common.train import (cross_entropy, fit, fit_recipe, load_or_train, mean_l1, predict, recipe_record,
+                          tensorboard_dir)
 from common.utils import (add_common_args, pick_device, positive_int, resolve_output_dirs, run_config, run_main,
                           seed_everything, write_json_atomic)
 
@@ -153,7 +154,8 @@ def main(argv=None) -> dict:
     stats, sil, knn = latent_measurements(codes, train, test, args)
 
     write_figures(test, recon, l1, codes, sil, args, fig_dir)
-    results = {"name": "ex3", "config": run_config(args), "seed": args.seed,
+    results = {"name": "ex3", "config": run_config(args), "seed": args.seed, "threads": torch.get_num_threads(),
+               "recipe": recipe_record(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size),
                "ae_test_l1": l1["AE (ex1)"], "cls_decoder_test_l1": l1["classifier enc. + decoder"],
                "silhouette": sil, "knn_acc": knn,
                "within_class": {k: s["within"] for k, s in stats.items()},

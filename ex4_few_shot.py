@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import time
 
+import torch
+
 from common import fewshot
 from common.models import Classifier, count_parameters
 from common.plots import plot_curves
@@ -49,7 +51,7 @@ def main(argv=None) -> dict:
     r = fit_seeds(make_model, seeds, data.train, data.curve_test, final_test=data.test, device=device,
                   desc="ex4", tb_dir=tensorboard_dir(args, "ex4", runs_dir), hparams=run_config(args),
                   **fewshot.fit_kwargs(args))
-    results = {"name": "ex4", "config": run_config(args),
+    results = {"name": "ex4", "config": run_config(args), "threads": torch.get_num_threads(),
                "recipe": {"optimizer": "AdamW", **fewshot.fit_kwargs(args), "augment": "none"}, "model": make_model().config,
                "train_indices": data.train.index, "train_labels": data.train.y,
                "train_class_counts": fewshot.class_counts(data.train.y),

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import argparse
 import time
+
+import torch
 from functools import partial
 
 from common import fewshot
-from common.data import random_affine
+from common.data import augment_words, random_affine
 from common.models import AE_RECIPE, AutoEncoder, Classifier
 from common.plots import plot_curves
 from common.stats import paired
@@ -129,7 +131,7 @@ def augment_note(variants) -> str:
     """The augmentation cell of the report's training-setup table for this run's variants."""
     n = sum(VARIANTS[v][2] for v in variants if v in VARIANTS)
     return "none" if n == 0 else (f"none, except the {n} augmented variant{'s' if n > 1 else ''} "
-                                  "(shifts ≤ 2 px, rotations ≤ 10°)")
+                                  f"({augment_words(random_affine)})")
 
 
 def main(argv=None) -> dict:
@@ -144,7 +146,7 @@ def main(argv=None) -> dict:
     ae, ae_recipe = (pretrained_autoencoder(args, data, runs_dir, device) if any(VARIANTS[v][0] for v in variants)
                      else (None, None))
 
-    results = {"name": "ex5", "config": run_config(args),
+    results = {"name": "ex5", "config": run_config(args), "threads": torch.get_num_threads(),
                "recipe": {"optimizer": "AdamW", **fewshot.fit_kwargs(args), "augment": augment_note(args.variants)}, "model": make_model(args, None, False).config,
                "train_indices": data.train.index, "train_class_counts": fewshot.class_counts(data.train.y),
                "seeds": seeds, "autoencoder_recipe": ae_recipe, "variants": {}}

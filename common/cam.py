@@ -274,13 +274,17 @@ def save_cam_visualization(image: torch.Tensor, cam: torch.Tensor, true_name: st
     return save(fig, path)
 
 
+OVERVIEW_CLASSES = 5  # classes (rows) per overview figure: 5 rows at the text width fit one page
+
+
 def cam_overview_figure(items: list[dict | None], path: Path, title: str,
                         col_titles: list[str] | None = None) -> Path:
     """Grid of (original, CAM overlay) pairs, len(col_titles) pairs per row (default 3).
 
     item: dict(image (3, H, W), cam (H, W) in [0, 1], true, pred, conf), or None for an empty slot.
     The true class labels each row (rows are meant to hold one class); wrong predictions are red.
-    About 8.7 in wide for three pairs, placed at the text width (~6.7 in): the 9 pt labels print at ~7 pt.
+    About 8.7 in wide for three pairs, placed at the text width (~6.7 in, scale 0.77): the 9.5 pt labels
+    print at ~7.3 pt, the 10-11 pt headers at ~8 pt.
     """
     from .plots import plt, save
 
@@ -303,10 +307,10 @@ def cam_overview_figure(items: list[dict | None], path: Path, title: str,
         a1.imshow(img)
         a1.imshow(it["cam"].cpu().numpy(), cmap="jet", vmin=0, vmax=1, alpha=0.45)
         ok = it["true"] == it["pred"]
-        a0.set_title(f"pred: {it['pred']}", fontsize=9, color="k" if ok else "red")
-        a1.set_title(f"p = {it['conf']:.0%}", fontsize=9, color="k" if ok else "red")
+        a0.set_title(f"pred: {it['pred']}", fontsize=9.5, color="k" if ok else "red")
+        a1.set_title(f"p = {it['conf']:.0%}", fontsize=9.5, color="k" if ok else "red")
         if c == 0:
-            a0.set_ylabel(f"true:\n{it['true']}", fontsize=9)
+            a0.set_ylabel(f"true:\n{it['true']}", fontsize=9.5)
     fig.subplots_adjust(wspace=0.05, hspace=0.32, top=1 - 0.9 / fig.get_figheight())
     if col_titles:
         for c, t in enumerate(col_titles):
@@ -476,11 +480,21 @@ def write_figures(ev: dict, val: TensorData, names: list[str], hist: list[dict],
             examples.append({"class": names[c], "kind": kind, "val_index": i, "pred": pred,
                              "confidence": conf, "border_share": share, "figure": path})
             overview.append({"image": val.x[i], "cam": ev["cams"][i], "true": names[c], "pred": pred, "conf": conf})
-    cam_overview_figure(overview, fig_dir / "lab_cam_overview.png",
-                        f"CAMs of the predicted class on Imagenette val (val acc {ev['acc']:.1%})",
-                        col_titles=["most confident correct",
-                                    f"correct (p ≥ {WRONG_REASON_MIN_CONF:.0%}), CAM most in border",
-                                    "most confident mistake"])
+    # Several figures of OVERVIEW_CLASSES rows each: one tall figure of all classes had to be shrunk to half
+    # size to fit a page, its labels to ~3 pt (issue 12); a part fits a page at the text width.
+    for stale in [fig_dir / "lab_cam_overview.png", *fig_dir.glob("lab_cam_overview_*.png")]:
+        stale.unlink(missing_ok=True)
+    kinds_per_class = len(overview) // max(len(picks), 1)
+    n_parts = -(-len(picks) // OVERVIEW_CLASSES)
+    for k in range(n_parts):
+        first, last = k * OVERVIEW_CLASSES, min((k + 1) * OVERVIEW_CLASSES, len(picks))
+        cam_overview_figure(overview[first * kinds_per_class:last * kinds_per_class],
+                            fig_dir / f"lab_cam_overview_{k + 1}.png",
+                            f"CAMs of the predicted class on Imagenette val (val acc {ev['acc']:.1%}), "
+                            f"classes {first + 1}–{last} of {len(picks)}",
+                            col_titles=["most confident correct",
+                                        f"correct (p ≥ {WRONG_REASON_MIN_CONF:.0%}), CAM most in border",
+                                        "most confident mistake"])
     plot_curves({"CAM CNN": hist}, fig_dir / "lab_cam_curves.png",
                 "lab_cam: loss (label-smoothed CE) and accuracy per epoch; 'test' = official val split")
     cam_vs_gradcam_figure(rows, fig_dir / "lab_cam_gradcam.png",

@@ -181,6 +181,21 @@ def shift_images(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     return out
 
 
+def augment_words(augment) -> str:
+    """The training augmentation in the words of the report's setup table: "none", or random_affine's
+    magnitudes read from its own defaults (so the table cannot drift from the code)."""
+    if augment is None:
+        return "none"
+    import inspect
+    fn = getattr(augment, "func", augment)  # a functools.partial of random_affine counts as random_affine
+    if fn is random_affine:
+        params = inspect.signature(random_affine).parameters
+        kw = {k: v.default for k, v in params.items() if v.default is not inspect.Parameter.empty}
+        kw.update(getattr(augment, "keywords", {}) or {})
+        return f"shifts ≤ {kw['max_shift']:g} px, rotations ≤ {kw['max_degrees']:g}°"
+    return getattr(fn, "__name__", type(fn).__name__).replace("_", " ")
+
+
 # ----------------------------------------------------------------------------- the labs' photo data
 def to_float(x: torch.Tensor, device=None) -> torch.Tensor:
     """uint8 images (N, 3, H, W) 0..255 -> float32 in [0, 1], moved to `device` first when given (the labs

@@ -192,6 +192,16 @@ def _callable_name(fn) -> str | None:
     return getattr(fn, "__qualname__", type(fn).__name__)
 
 
+def recipe_record(*, epochs: int, lr: float, batch_size: int, schedule: str = "onecycle",
+                  weight_decay: float = 0.0, augment: Callable | None = None, eval_every: int = 1) -> dict:
+    """A `fit` run's recipe as the results JSON records it for the report's training-setup table: plain
+    numbers and words (fit always uses AdamW and, in the MNIST scripts, channels_last)."""
+    from .data import augment_words
+    return {"optimizer": "AdamW", "schedule": {"onecycle": "OneCycle"}.get(schedule, schedule), "lr": lr,
+            "batch_size": batch_size, "epochs": epochs, "weight_decay": weight_decay,
+            "augment": augment_words(augment), "eval_every": eval_every, "channels_last": True}
+
+
 def fit_recipe(*, epochs: int, lr: float, batch_size: int, train_size: int, weight_decay: float = 0.0,
                schedule: str = "onecycle", loss_fn: Callable | None = None,
                augment: Callable | None = None) -> dict:

@@ -534,7 +534,10 @@ def test_ctrl_c_during_training_ends_with_one_line(tmp_path):
     # a full-data run (not --smoke, which can finish before the signal arrives) that is interrupted anyway
     proc = subprocess.Popen([sys.executable, str(REPO / "ex1_autoencoder.py"), "--variants", "conv", "--out-dir",
                              str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs")], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a background job (`pytest &` without job control) inherits SIGINT ignored, and
+                            # Python then never installs its Ctrl-C handler: give the child the default back
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     line = proc.stdout.readline()
     while line and not line.startswith("ex1:"):  # data loaded: training starts
         line = proc.stdout.readline()

@@ -152,8 +152,10 @@ def test_smoke_run(tmp_path):
     assert res["train_images"] == res["val_images"] == 20
     assert res["gradcam_comparison"]["pearson_raw_mean"] > 0.999
     figs = tmp_path / "figures"
-    for name in ("lab_cam_overview.png", "lab_cam_curves.png", "lab_cam_gradcam.png"):
+    parts = -(-len(res["classes"]) // 5)  # common.cam.OVERVIEW_CLASSES classes per overview figure
+    for name in [f"lab_cam_overview_{k}.png" for k in range(1, parts + 1)] + ["lab_cam_curves.png", "lab_cam_gradcam.png"]:
         assert_figure(figs / name)
+    assert not (figs / "lab_cam_overview.png").exists() and not (figs / f"lab_cam_overview_{parts + 1}.png").exists()
     examples = sorted((figs / "cam").glob("*.png"))
     assert len(examples) == len(res["examples"]) > 0  # one file per example recorded, no stale ones
     for f in examples:

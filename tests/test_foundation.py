@@ -375,3 +375,13 @@ def test_ex2_shift_test_counts_correct_predictions_per_shift_and_direction():
     assert [p["rate"] for p in r["right"]] == [1.0, 1.0, 1.0]
     assert [p["rate"] for p in r["left"]] == [1.0, 1.0, 0.0]    # 15.5 - 3 = 12.5 < 13.5: now 'left'
     assert [p["rate"] for p in r["up"]] == [1.0, 1.0, 1.0] and r["up"][0]["n"] == 4
+
+
+def test_augment_words_read_random_affines_own_defaults():
+    import functools
+    import inspect
+    from common.data import augment_words, random_affine
+    d = {k: v.default for k, v in inspect.signature(random_affine).parameters.items()}
+    assert augment_words(None) == "none"
+    assert augment_words(random_affine) == f"shifts ≤ {d['max_shift']:g} px, rotations ≤ {d['max_degrees']:g}°"
+    assert augment_words(functools.partial(random_affine, max_degrees=0.5)).endswith("rotations ≤ 0.5°")
