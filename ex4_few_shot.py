@@ -21,6 +21,7 @@ import time
 import torch
 
 from common import fewshot
+from common.data import augment_words
 from common.models import Classifier, count_parameters
 from common.plots import plot_curves
 from common.train import fit_seeds, tensorboard_dir
@@ -52,7 +53,7 @@ def main(argv=None) -> dict:
                   desc="ex4", tb_dir=tensorboard_dir(args, "ex4", runs_dir), hparams=run_config(args),
                   **fewshot.fit_kwargs(args))
     results = {"name": "ex4", "config": run_config(args), "threads": torch.get_num_threads(),
-               "recipe": {"optimizer": "AdamW", **fewshot.fit_kwargs(args), "augment": "none"}, "model": make_model().config,
+               "recipe": {"optimizer": "AdamW", **fewshot.fit_kwargs(args), "augment": augment_words(None)}, "model": make_model().config,
                "train_indices": data.train.index, "train_labels": data.train.y,
                "train_class_counts": fewshot.class_counts(data.train.y),
                "params": count_parameters(make_model()), **r}

@@ -372,9 +372,6 @@ def main(argv=None) -> dict:
         r["frac_of_matmul_peak"] = r["achieved_gflops"] / peak
         # what the share would read against the slowest round's peak: how much the peak's noise matters
         r["frac_of_matmul_peak_vs_slowest_round"] = r["achieved_gflops"] / min(best)
-    if "channels_last" in results["ae"]["options"]:  # the adopted path's share of the peak (ADOPTED)
-        results["ae"]["adopted_frac_of_matmul_peak"] = (results["ae"]["train_flops_per_img"]
-                                                        * results["ae"]["options"]["channels_last"]["img_s"] / 1e9 / peak)
     results["machine"] = machine_info()
     results["adopted"] = ADOPTED
     path = write_json_atomic(res_dir / "bench.json", results)

@@ -222,13 +222,11 @@ def _str(v) -> str:
 
 
 def _adopted_share(bench) -> float | None:
-    """The AE training step's share of the matmul peak on the adopted (channels_last) path, from bench.json:
-    FLOPs per image x images/s / peak (the bench records it itself since issue 13; older files: computed)."""
+    """The AE training step's share of the matmul peak on the adopted (channels_last) path, derived from
+    bench.json: FLOPs per image x images/s / peak."""
     if not isinstance(bench, dict):
         return None
     ae = bench.get("ae", {})
-    if isinstance(ae.get("adopted_frac_of_matmul_peak"), (int, float)):
-        return ae["adopted_frac_of_matmul_peak"]
     img_s = _get(ae, "options", "channels_last", "img_s")
     flops, peak = ae.get("train_flops_per_img"), _get(bench, "matmul_peak", "best_gflops")
     if all(isinstance(v, (int, float)) for v in (img_s, flops, peak)) and peak > 0:
