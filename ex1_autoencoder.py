@@ -11,26 +11,39 @@ Both are trained with the mean-L1 reconstruction loss and compared with a PCA ba
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
 
-from common.data import load_mnist, smoke_slice
+from common.data import first_n, load_mnist
 from common.models import AE_RECIPE, AutoEncoder, count_parameters
 from common.plots import image_rows, plot_curves
-from common.train import fit, mean_l1, predict, recipe_record, tensorboard_dir
-from common.utils import (add_common_args, pick_device, positive_int, resolve_output_dirs, run_config, run_main,
-                          seed_everything, write_json_atomic)
+from common.train import fit, mean_l1, predict, tensorboard_dir
+from common.utils import (
+    add_common_args,
+    add_model_args,
+    run_config,
+    run_main,
+    seed_everything,
+    setup,
+    write_json_atomic,
+)
 
-VARIANTS = {"conv": False, "conv_fc": True}  # name -> use an FC layer at the latent level
+# The recipe: AdamW + one-cycle, batch 128, 6 epochs over all 60,000 images. It lives in common/models.py
+# because ex3 and ex5 train this autoencoder too when runs/ex1_conv_fc.pt is missing.
+RECIPE = AE_RECIPE
+VARIANTS = {"conv": False, "conv_fc": True}  # name -> a fully connected layer at the latent level
+# Collapse: an autoencoder that ignores its input reconstructs every digit as (nearly) the same image.
+COLLAPSE_L1_SHARE = 0.9  # its L1 is at least 90 % of the all-black image's (which predicts 0 everywhere) ...
+COLLAPSE_SPREAD = 0.01   # ... or its pixels vary by less than this (std across images, pixel values in [0, 1])
+N_SHOW = 12              # test digits in the reconstruction figure
 
 
 def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p, **AE_RECIPE)  # the recipe ex3/ex5 expect of runs/ex1_conv_fc.pt (common.models)
-    p.add_argument("--latent-dim", type=positive_int, default=12, help="size d of the latent code (default 12)")
-    p.add_argument("--channels", type=positive_int, nargs="+", default=[32, 64, 128],
-                   help="conv channels per stride-2 layer (default 32 64 128)")
+    add_common_args(p, epochs=RECIPE.epochs, batch_size=RECIPE.batch_size, lr=RECIPE.lr)
+    add_model_args(p, hidden=False)
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                    help="which autoencoders to train (default: both)")
     return p.parse_args(argv)
@@ -40,8 +53,7 @@ def pca_l1(train_x: torch.Tensor, test_x: torch.Tensor, d: int, seed: int) -> di
     """Mean-L1 of the best rank-d linear reconstruction (PCA fitted on the training images)."""
     from sklearn.decomposition import PCA
     pca = PCA(n_components=d, random_state=seed).fit(train_x.flatten(1).numpy())
-    test_flat = test_x.flatten(1).numpy()
-    recon = torch.from_numpy(pca.inverse_transform(pca.transform(test_flat))).float()  # (N, 784)
+    recon = torch.from_numpy(pca.inverse_transform(pca.transform(test_x.flatten(1).numpy()))).float()  # (N, 784)
     target = test_x.flatten(1)
     return {"test_l1": mean_l1(recon, target).item(),
             "test_l1_clipped": mean_l1(recon.clamp(0, 1), target).item(),  # pixels live in [0, 1]
@@ -49,23 +61,20 @@ def pca_l1(train_x: torch.Tensor, test_x: torch.Tensor, d: int, seed: int) -> di
             "recon": recon.view_as(test_x)}
 
 
-def is_collapsed(recon: torch.Tensor, x: torch.Tensor, tol: float = 0.9) -> bool:
-    """True if the AE ignores its input: its L1 is close to that of predicting an all-black image
-    (= mean pixel value, ~0.13) or its outputs barely vary across images."""
-    all_black = x.abs().mean()
+def is_collapsed(recon: torch.Tensor, x: torch.Tensor) -> bool:
+    """True if the autoencoder ignores its input (see COLLAPSE_L1_SHARE and COLLAPSE_SPREAD)."""
     spread = recon.std(dim=0).mean()  # mean over pixels of the std across images
-    return bool(mean_l1(recon, x) > tol * all_black or spread < 0.01)
+    return bool(mean_l1(recon, x) > COLLAPSE_L1_SHARE * x.abs().mean() or spread < COLLAPSE_SPREAD)
 
 
-def train_variant(name: str, args, train, test, device, runs_dir, tb_root) -> tuple[dict, list[dict], torch.Tensor]:
-    """Train one autoencoder variant from the run's seed: (its results entry, history, test reconstructions)."""
+def train_variant(name: str, args, recipe, train, test, device, runs_dir) -> tuple[dict, list[dict], torch.Tensor]:
+    """Train one variant from the run's seed: (its results entry, history, test reconstructions (N, 1, 28, 28))."""
     gen = seed_everything(args.seed)  # each variant starts from the same seed
     model = AutoEncoder(args.latent_dim, args.channels, fc=VARIANTS[name]).to(device)
-    hist = fit(model, train, test, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, gen=gen,
-               device=device, reconstruct=True, ckpt_path=runs_dir / f"ex1_{name}.pt",
-               resume=args.resume, desc=f"ex1 {name}", channels_last=True,
-               tb_dir=tb_root / name if tb_root else None, hparams=run_config(args))
-    recon = predict(model, test.x, device)  # (N, 1, 28, 28)
+    tb = tensorboard_dir(args, "ex1", runs_dir)
+    hist = fit(model, train, test, recipe, gen=gen, loss_fn=mean_l1, ckpt_path=runs_dir / f"ex1_{name}.pt",
+               resume=args.resume, tb_dir=tb / name if tb else None)
+    recon = predict(model, test.x, device)
     collapsed = is_collapsed(recon, test.x)
     if collapsed:
         print(f"WARNING: ex1 {name} collapsed to a near-constant output (see report, 'collapse').")
@@ -77,36 +86,28 @@ def train_variant(name: str, args, train, test, device, runs_dir, tb_root) -> tu
 
 def main(argv=None) -> dict:
     args = get_args(argv)
-    fig_dir, res_dir, runs_dir = resolve_output_dirs(args)
-    seed_everything(args.seed)
-    device = pick_device(args.device)
+    fig_dir, res_dir, runs_dir, device = setup(args)
     t_start = time.perf_counter()
-
     train, test = load_mnist(args.data_dir, train=True), load_mnist(args.data_dir, train=False)
     if args.smoke:
-        train, test, args.epochs = smoke_slice(train, 1024), smoke_slice(test, 256), 1
+        train, test, args.epochs = first_n(train, 1024), first_n(test, 256), 1
+    recipe = dataclasses.replace(RECIPE, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
     print(f"ex1: {len(train)} train / {len(test)} test images, d={args.latent_dim}, device={device}")
 
     results = {"name": "ex1", "config": run_config(args), "seed": args.seed, "threads": torch.get_num_threads(),
-               "recipe": recipe_record(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size),
-               "latent_dim": args.latent_dim,
-               "variants": {}, "history": {}}
+               "recipe": dataclasses.asdict(recipe), "latent_dim": args.latent_dim, "variants": {}, "history": {}}
     recons = {}
-    tb_root = tensorboard_dir(args, "ex1", runs_dir)  # None unless --tensorboard
     for name in args.variants:
         results["variants"][name], results["history"][name], recons[name] = train_variant(
-            name, args, train, test, device, runs_dir, tb_root)
-
+            name, args, recipe, train, test, device, runs_dir)
     pca = pca_l1(train.x, test.x, args.latent_dim, args.seed)
-    results["pca_test_l1"] = pca["test_l1"]
-    results["pca_test_l1_clipped"] = pca["test_l1_clipped"]
-    results["pca_explained_variance"] = pca["explained_variance"]
-    results["all_black_test_l1"] = test.x.mean().item()  # L1 of predicting 0 everywhere
+    results.update(pca_test_l1=pca["test_l1"], pca_test_l1_clipped=pca["test_l1_clipped"],
+                   pca_explained_variance=pca["explained_variance"],
+                   all_black_test_l1=test.x.mean().item())  # the L1 of predicting 0 everywhere
 
-    n_show = 12
-    rows = [test.x[:n_show]] + [recons[n][:n_show] for n in args.variants] + [pca["recon"][:n_show].clamp(0, 1)]
-    labels = ["input"] + [f"AE {n}\nL1={results['variants'][n]['test_l1']:.4f}" for n in args.variants] + \
-             [f"PCA-{args.latent_dim}\nL1={pca['test_l1']:.4f}"]
+    rows = [test.x[:N_SHOW]] + [recons[n][:N_SHOW] for n in args.variants] + [pca["recon"][:N_SHOW].clamp(0, 1)]
+    labels = (["input"] + [f"AE {n}\nL1={results['variants'][n]['test_l1']:.4f}" for n in args.variants]
+              + [f"PCA-{args.latent_dim}\nL1={pca['test_l1']:.4f}"])
     image_rows(rows, labels, fig_dir / "ex1_reconstructions.png",
                f"MNIST test digits and their reconstructions from a d={args.latent_dim} code")
     plot_curves({n: results["history"][n] for n in args.variants}, fig_dir / "ex1_loss.png",
@@ -117,8 +118,7 @@ def main(argv=None) -> dict:
     path = write_json_atomic(res_dir / "ex1.json", results)
     print("\n variant   | test mean-L1 | params")
     for n in args.variants:
-        v = results["variants"][n]
-        print(f" {n:9s} | {v['test_l1']:.4f}       | {v['params']:,}")
+        print(f" {n:9s} | {results['variants'][n]['test_l1']:.4f}       | {results['variants'][n]['params']:,}")
     print(f" PCA-{args.latent_dim:<4d} | {pca['test_l1']:.4f}       | -")
     print(f" all-black | {results['all_black_test_l1']:.4f}       | -")
     print(f"wrote {path} and figures in {fig_dir} ({results['wall_time_s']:.0f} s)")

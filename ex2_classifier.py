@@ -14,43 +14,50 @@ augmentation, as the test digits are shifted by 0..--shift-max pixels in each of
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
 
-from common.data import load_mnist, shift_images, smoke_slice
+from common.data import AFFINE, first_n, load_mnist, shift_images
 from common.models import CLASSIFIER_RECIPE, Classifier, Lab2CNN, LabMLP, SkipMLP, count_parameters
 from common.plots import plot_curves, shift_curves
 from common.stats import wilson
-from common.train import fit, predict, recipe_record, tensorboard_dir
-from common.utils import (add_common_args, pick_device, positive_int, resolve_output_dirs, run_config, run_main,
-                          seed_everything, write_json_atomic)
+from common.train import fit, predict, tensorboard_dir
+from common.utils import (
+    add_common_args,
+    add_model_args,
+    positive_int,
+    run_config,
+    run_main,
+    seed_everything,
+    setup,
+    write_json_atomic,
+)
 
+# The recipe: AdamW + one-cycle, batch 128, 6 epochs over all 60,000 images, random shifts and rotations of
+# the training digits. It lives in common/models.py because ex3 trains this classifier when it is missing.
+RECIPE = CLASSIFIER_RECIPE
 BASELINES = {"lab2_cnn": Lab2CNN, "lab_mlp": LabMLP, "skip_mlp": SkipMLP}
 DIRECTIONS = {"right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1)}  # (dx, dy) per pixel of shift
+MAX_SHIFT = 14  # half of the 28-pixel image: further shifts leave nothing of the digit
 
 
 def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # the recipe ex3 expects of runs/ex2_classifier.pt (common.models.CLASSIFIER_RECIPE)
-    add_common_args(p, epochs=CLASSIFIER_RECIPE["epochs"], batch_size=CLASSIFIER_RECIPE["batch_size"],
-                    lr=CLASSIFIER_RECIPE["lr"])
-    p.add_argument("--latent-dim", type=positive_int, default=12, help="encoder output size d (default 12)")
-    p.add_argument("--channels", type=positive_int, nargs="+", default=[32, 64, 128],
-                   help="encoder conv channels, as in ex1 (default 32 64 128)")
-    p.add_argument("--hidden", type=positive_int, default=64, help="MLP hidden units (default 64)")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction,
-                   default=CLASSIFIER_RECIPE["augment"] is not None,
-                   help="random shifts (<=2 px) and rotations (<=10 deg) of training digits (default on)")
+    add_common_args(p, epochs=RECIPE.epochs, batch_size=RECIPE.batch_size, lr=RECIPE.lr)
+    add_model_args(p)
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=RECIPE.augment != "none",
+                   help=f"augment the training digits ({AFFINE}; default on)")
     p.add_argument("--baselines", nargs="*", choices=list(BASELINES), default=list(BASELINES),
                    help="baseline networks to train too (default: all; pass none to skip)")
     p.add_argument("--baseline-epochs", type=positive_int, default=None,
                    help="epochs for the baselines (default: same as --epochs)")
-    p.add_argument("--shift-max", type=int, default=6, choices=range(0, 15), metavar="{0..14}",
+    p.add_argument("--shift-max", type=int, default=6, choices=range(0, MAX_SHIFT + 1), metavar=f"{{0..{MAX_SHIFT}}}",
                    help="largest test-digit shift in pixels of the Q2(d) shift test; 0 skips the test and the "
                         "classifier trained without augmentation that it needs (default 6)")
-    p.add_argument("--shift-test-n", type=positive_int, default=2000,
-                   help="first test images used by the shift test (default 2000: 25 evaluations per model)")
+    p.add_argument("--shift-images", type=positive_int, default=2000,
+                   help="the shift test uses the first N test images (default 2000: 25 evaluations per model)")
     return p.parse_args(argv)
 
 
@@ -68,47 +75,44 @@ def shift_test(model, test, shifts: list[int], device) -> dict:
 
 def main(argv=None) -> dict:
     args = get_args(argv)
-    fig_dir, res_dir, runs_dir = resolve_output_dirs(args)
-    device = pick_device(args.device)
+    fig_dir, res_dir, runs_dir, device = setup(args)
     t_start = time.perf_counter()
-
     train, test = load_mnist(args.data_dir, train=True), load_mnist(args.data_dir, train=False)
     if args.smoke:
-        train, test, args.epochs, args.baseline_epochs = smoke_slice(train, 1024), smoke_slice(test, 256), 1, 1
-    augment = CLASSIFIER_RECIPE["augment"] if args.augment else None  # data.random_affine
+        train, test, args.epochs, args.baseline_epochs = first_n(train, 1024), first_n(test, 256), 1, 1
+    recipe = dataclasses.replace(RECIPE, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                                 augment=AFFINE if args.augment else "none")
     print(f"ex2: {len(train)} train / {len(test)} test images, device={device}, augment={args.augment}")
 
-    def train_one(name, model, epochs, ckpt, augment=augment):
+    def train_one(name, model, ckpt, recipe=recipe):
         gen = seed_everything(args.seed)
-        model = model.to(device)
-        hist = fit(model, train, test, epochs=epochs, lr=args.lr, batch_size=args.batch_size, gen=gen,
-                   device=device, augment=augment, ckpt_path=runs_dir / ckpt, resume=args.resume,
-                   desc=f"ex2 {name}", hparams=run_config(args), channels_last=True,
+        hist = fit(model.to(device), train, test, recipe, gen=gen, ckpt_path=runs_dir / ckpt, resume=args.resume,
                    tb_dir=tensorboard_dir(args, f"ex2/{name}", runs_dir))
         return {"test_acc": hist[-1]["test_acc"], "test_loss": hist[-1]["test_loss"],
                 "params": count_parameters(model), "history": hist}
 
-    seed_everything(args.seed)  # same init for the main model whatever else ran before
-    main_model = Classifier(args.latent_dim, args.channels, fc=True, hidden=args.hidden)
-    ours = train_one("encoder+MLP", main_model, args.epochs, "ex2_classifier.pt")
+    def classifier():  # built right after seeding, so every run of it starts from the same weights
+        seed_everything(args.seed)
+        return Classifier(args.latent_dim, args.channels, fc=True, hidden=args.hidden)
+
+    main_model = classifier()
+    ours = train_one("encoder+MLP", main_model, "ex2_classifier.pt")
     results = {"name": "ex2", "config": run_config(args), "seed": args.seed, "threads": torch.get_num_threads(),
-               "recipe": recipe_record(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, augment=augment),
-               "train_size": len(train),
-               "test_size": len(test), **ours, "baselines": {}}
+               "recipe": dataclasses.asdict(recipe), "train_size": len(train), "test_size": len(test), **ours,
+               "baselines": {}}
+    baseline_recipe = dataclasses.replace(recipe, epochs=args.baseline_epochs or args.epochs)
     for name in args.baselines:
         seed_everything(args.seed)
-        results["baselines"][name] = train_one(name, BASELINES[name](), args.baseline_epochs or args.epochs,
-                                               f"ex2_{name}.pt")
+        results["baselines"][name] = train_one(name, BASELINES[name](), f"ex2_{name}.pt", baseline_recipe)
 
     if args.shift_max:  # Q2(d) measured: the same classifier and recipe, trained with and without augmentation
         this, other = ("with", "without") if args.augment else ("without", "with")
-        seed_everything(args.seed)
-        other_model = Classifier(args.latent_dim, args.channels, fc=True, hidden=args.hidden)
-        results["other_augment"] = train_one(f"encoder+MLP {other} augmentation", other_model, args.epochs,
+        other_model = classifier()
+        results["other_augment"] = train_one(f"encoder+MLP {other} augmentation", other_model,
                                              "ex2_classifier_other_augment.pt",
-                                             augment=None if args.augment else CLASSIFIER_RECIPE["augment"])
+                                             dataclasses.replace(recipe, augment="none" if args.augment else AFFINE))
         shifts = list(range(args.shift_max + 1))
-        sub = test.subset(torch.arange(min(args.shift_test_n, len(test))))
+        sub = first_n(test, args.shift_images)
         models = {f"{this} augmentation": main_model, f"{other} augmentation": other_model}
         results["shift_test"] = {"shifts_px": shifts, "test_size": len(sub), "fill": "zeros",
                                  "models": {k: shift_test(m, sub, shifts, device) for k, m in models.items()}}

@@ -20,62 +20,63 @@ and one trained with another recipe is refused.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
 
-from common.data import load_mnist, smoke_slice
+from common.data import first_n, load_mnist
 from common.models import AE_RECIPE, CLASSIFIER_RECIPE, AutoEncoder, Classifier, Decoder, EncoderDecoder
 from common.plots import digit_panels, scatter_panels
-from common.train import (cross_entropy, fit, fit_recipe, load_or_train, mean_l1, predict, recipe_record,
-                          tensorboard_dir)
-from common.utils import (add_common_args, pick_device, positive_int, resolve_output_dirs, run_config, run_main,
-                          seed_everything, write_json_atomic)
+from common.stats import standardise
+from common.train import Recipe, cross_entropy, fit, load_or_train, mean_l1, predict, tensorboard_dir
+from common.utils import (
+    add_common_args,
+    add_model_args,
+    positive_int,
+    run_config,
+    run_main,
+    seed_everything,
+    setup,
+    write_json_atomic,
+)
+
+# The decoder's recipe: AdamW + one-cycle, batch 128, over all 60,000 training images; only the decoder learns.
+RECIPE = Recipe(epochs=4, lr=3e-3, batch_size=128)
+N_CLASSES = 10
 
 
 def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p, epochs=4, batch_size=128, lr=3e-3)  # decoder only (10 epochs before issue 13)
-    p.add_argument("--latent-dim", type=positive_int, default=12, help="latent size d, as ex1/ex2 (default 12)")
-    p.add_argument("--channels", type=positive_int, nargs="+", default=[32, 64, 128],
-                   help="conv channels, as ex1/ex2 (default 32 64 128)")
-    p.add_argument("--hidden", type=positive_int, default=64, help="ex2 MLP hidden units (default 64)")
+    add_common_args(p, epochs=RECIPE.epochs, batch_size=RECIPE.batch_size, lr=RECIPE.lr)
+    add_model_args(p)
     p.add_argument("--per-class", type=positive_int, default=6, help="digits per class in the figure (default 6)")
-    p.add_argument("--tsne-n", type=positive_int, default=3000, help="test points in the t-SNE maps (default 3000)")
+    p.add_argument("--tsne-images", type=positive_int, default=3000,
+                   help="the t-SNE maps show the first N test images (default 3000)")
     p.add_argument("--knn", type=positive_int, default=5, help="k of the k-NN accuracy (default 5)")
     g = p.add_argument_group("prerequisites (only trained if their checkpoint is missing; ex1's and ex2's recipes)")
     g.add_argument("--pretrain-epochs", type=positive_int, default=None,
                    help="epochs of the ex1 autoencoder and the ex2 classifier (default: their recipes', "
-                        f"{AE_RECIPE['epochs']} and {CLASSIFIER_RECIPE['epochs']})")
+                        f"{AE_RECIPE.epochs} and {CLASSIFIER_RECIPE.epochs})")
     return p.parse_args(argv)
 
 
-def prerequisite(name: str, what: str, recipe: dict, reconstruct: bool, args, train, test, runs_dir, device, *,
-                 make):
-    """The model in runs/<name>.pt, or, when missing, `make()` trained here with `recipe` (fit keyword
-    arguments from common.models, the epochs overridden by --pretrain-epochs); a checkpoint trained with
-    another recipe is refused (load_or_train)."""
-    recipe = dict(recipe, epochs=args.pretrain_epochs or recipe["epochs"])
+def prerequisite(name: str, what: str, recipe: Recipe, loss_fn, model, args, train, test, runs_dir, device):
+    """The model in runs/<name>.pt, or, when missing, `model` trained here with its script's `recipe` (the
+    epochs overridden by --pretrain-epochs); a checkpoint of another recipe is refused (load_or_train)."""
+    recipe = dataclasses.replace(recipe, epochs=args.pretrain_epochs or recipe.epochs)
     path = runs_dir / f"{name}.pt"
 
     def train_here(model):
-        fit(model.to(device), train, test, **recipe, gen=seed_everything(args.seed), device=device,
-            reconstruct=reconstruct, ckpt_path=path, desc=f"{name} (prerequisite)", channels_last=True)
+        fit(model.to(device), train, test, recipe, gen=seed_everything(args.seed), loss_fn=loss_fn, ckpt_path=path)
 
-    expected = fit_recipe(**recipe, train_size=len(train), loss_fn=mean_l1 if reconstruct else cross_entropy)
-    seed_everything(args.seed)
-    return load_or_train(path, make(), train_here, what, expected).to(device)
+    return load_or_train(path, model, train_here, what, recipe, len(train)).to(device)
 
 
 def classifier_decoder(classifier: Classifier, latent_dim: int, channels) -> EncoderDecoder:
     """The classifier's encoder, frozen, followed by a fresh ex1-architecture decoder."""
     decoder = Decoder(latent_dim, channels, fc=True, in_shape=classifier.encoder.config["in_shape"])
     return EncoderDecoder(classifier.encoder, decoder).freeze_encoder()
-
-
-def standardise(z: torch.Tensor) -> torch.Tensor:
-    """Zero mean, unit variance per latent dimension: distances no longer depend on each space's scale."""
-    return (z - z.mean(0)) / z.std(0).clamp_min(1e-8)
 
 
 def latent_stats(z: torch.Tensor, y: torch.Tensor) -> dict:
@@ -96,58 +97,60 @@ def latent_measurements(codes: dict, train, test, args) -> tuple[dict, dict, dic
     from sklearn.neighbors import KNeighborsClassifier
     stats, sil, knn = {}, {}, {}
     for k, (z_tr, z_te) in codes.items():
-        mu, sd = z_tr.mean(0), z_tr.std(0).clamp_min(1e-8)   # standardise with training statistics
-        z_tr, z_te = (z_tr - mu) / sd, (z_te - mu) / sd
+        z_tr, z_te = standardise(z_tr), standardise(z_te, z_tr)
         stats[k] = latent_stats(z_te, test.y)
         sil[k] = float(silhouette_score(z_te.numpy(), test.y.numpy(), random_state=args.seed))
-        knn[k] = float(KNeighborsClassifier(args.knn).fit(z_tr.numpy(), train.y.numpy()).score(z_te.numpy(), test.y.numpy()))
+        knn_model = KNeighborsClassifier(args.knn).fit(z_tr.numpy(), train.y.numpy())
+        knn[k] = float(knn_model.score(z_te.numpy(), test.y.numpy()))
     return stats, sil, knn
 
 
 def write_figures(test, recon: dict, l1: dict, codes: dict, sil: dict, args, fig_dir) -> None:
     """>= 60 test digits (per_class per digit) from both decoders, and t-SNE maps of both latent spaces."""
-    idx = torch.cat([torch.nonzero(test.y == c).flatten()[:args.per_class] for c in range(10)])
-    idx = idx.view(10, -1).t().flatten()  # row r holds the r-th example of every digit 0..9
-    digit_panels({"input": test.x[idx], **{f"{k}\nL1={l1[k]:.4f}": v[idx] for k, v in recon.items()}},
+    idx = torch.cat([torch.nonzero(test.y == c).flatten()[:args.per_class] for c in range(N_CLASSES)])
+    idx = idx.view(N_CLASSES, -1).t().flatten()  # row r holds the r-th example of every digit 0..9
+    names = {"ae": "AE (ex1)", "cls": "classifier enc. + decoder"}
+    digit_panels({"input": test.x[idx], **{f"{names[k]}\nL1={l1[k]:.4f}": v[idx] for k, v in recon.items()}},
                  fig_dir / "ex3_digits.png", f"{len(idx)} test digits ({args.per_class} per class): input, "
-                 "ex1 autoencoder, decoder on the frozen ex2 classifier encoder", ncol=10)
+                 "ex1 autoencoder, decoder on the frozen ex2 classifier encoder", ncol=N_CLASSES)
     from sklearn.manifold import TSNE
-    n = min(args.tsne_n, len(test))
+    n = min(args.tsne_images, len(test))
     maps = {}
     for k, name in (("ae", "autoencoder latent (ex1)"), ("cls", "classifier latent (ex2)")):
         z = standardise(codes[k][1][:n]).numpy()
         maps[f"{name}\nsilhouette={sil[k]:.3f}"] = TSNE(2, init="pca", random_state=args.seed,
                                                       perplexity=min(30.0, n / 4)).fit_transform(z)
-    scatter_panels(maps, test.y[:n], fig_dir / "ex3_tsne.png", f"t-SNE of {n} test codes (d={args.latent_dim}), coloured by digit")
+    scatter_panels(maps, test.y[:n], fig_dir / "ex3_tsne.png",
+                   f"t-SNE of {n} test codes (d={args.latent_dim}), coloured by digit")
 
 
 def main(argv=None) -> dict:
     args = get_args(argv)
-    fig_dir, res_dir, runs_dir = resolve_output_dirs(args)
-    device = pick_device(args.device)
+    fig_dir, res_dir, runs_dir, device = setup(args)
     t_start = time.perf_counter()
-
     train, test = load_mnist(args.data_dir, train=True), load_mnist(args.data_dir, train=False)
     if args.smoke:
-        train, test = smoke_slice(train, 1024), smoke_slice(test, 500)
-        args.epochs, args.pretrain_epochs, args.tsne_n = 1, 1, 200
+        train, test = first_n(train, 1024), first_n(test, 500)
+        args.epochs, args.pretrain_epochs, args.tsne_images = 1, 1, 200
+    recipe = dataclasses.replace(RECIPE, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
 
     # ---- prerequisites: the ex2 classifier and the ex1 conv+FC autoencoder, with their own recipes
-    cls = prerequisite("ex2_classifier", "the ex2 classifier", CLASSIFIER_RECIPE, False, args, train, test,
-                       runs_dir, device, make=lambda: Classifier(args.latent_dim, args.channels, hidden=args.hidden))
-    ae = prerequisite("ex1_conv_fc", "the ex1 conv+FC autoencoder", AE_RECIPE, True, args, train, test,
-                      runs_dir, device, make=lambda: AutoEncoder(args.latent_dim, args.channels, fc=True))
+    seed_everything(args.seed)
+    cls = prerequisite("ex2_classifier", "the ex2 classifier", CLASSIFIER_RECIPE, cross_entropy,
+                       Classifier(args.latent_dim, args.channels, hidden=args.hidden), args, train, test, runs_dir,
+                       device)
+    seed_everything(args.seed)
+    ae = prerequisite("ex1_conv_fc", "the ex1 conv+FC autoencoder", AE_RECIPE, mean_l1,
+                      AutoEncoder(args.latent_dim, args.channels, fc=True), args, train, test, runs_dir, device)
 
     # ---- train only the decoder on top of the frozen classifier encoder
     gen = seed_everything(args.seed)
     model = classifier_decoder(cls, args.latent_dim, args.channels).to(device)
-    hist = fit(model, train, test, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, gen=gen,
-               device=device, reconstruct=True, params=model.decoder.parameters(),
-               ckpt_path=runs_dir / "ex3_cls_decoder.pt", resume=args.resume, desc="ex3 decoder", channels_last=True,
-               tb_dir=tensorboard_dir(args, "ex3", runs_dir), hparams=run_config(args))
+    hist = fit(model, train, test, recipe, gen=gen, loss_fn=mean_l1, ckpt_path=runs_dir / "ex3_cls_decoder.pt",
+               resume=args.resume, tb_dir=tensorboard_dir(args, "ex3", runs_dir))
 
     # ---- evaluate: reconstructions, and the latent spaces on the test set (standardised codes)
-    recon = {"AE (ex1)": predict(ae, test.x, device), "classifier enc. + decoder": predict(model, test.x, device)}
+    recon = {"ae": predict(ae, test.x, device), "cls": predict(model, test.x, device)}  # (N, 1, 28, 28) each
     l1 = {k: mean_l1(v, test.x).item() for k, v in recon.items()}
     codes = {"ae": (predict(ae, train.x, device, fn=ae.encoder), predict(ae, test.x, device, fn=ae.encoder)),
              "cls": (predict(cls, train.x, device, fn=cls.encoder), predict(cls, test.x, device, fn=cls.encoder))}
@@ -155,8 +158,8 @@ def main(argv=None) -> dict:
 
     write_figures(test, recon, l1, codes, sil, args, fig_dir)
     results = {"name": "ex3", "config": run_config(args), "seed": args.seed, "threads": torch.get_num_threads(),
-               "recipe": recipe_record(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size),
-               "ae_test_l1": l1["AE (ex1)"], "cls_decoder_test_l1": l1["classifier enc. + decoder"],
+               "recipe": dataclasses.asdict(recipe),
+               "ae_test_l1": l1["ae"], "cls_decoder_test_l1": l1["cls"],
                "silhouette": sil, "knn_acc": knn,
                "within_class": {k: s["within"] for k, s in stats.items()},
                "between_class": {k: s["between"] for k, s in stats.items()},
@@ -167,7 +170,7 @@ def main(argv=None) -> dict:
     path = write_json_atomic(res_dir / "ex3.json", results)
     print("\n latent      | test L1 | within | between | ratio | silhouette | k-NN acc")
     for k, name in (("ae", "AE (ex1)"), ("cls", "classifier")):
-        print(f" {name:11s} | {l1['AE (ex1)' if k == 'ae' else 'classifier enc. + decoder']:.4f}  | "
+        print(f" {name:11s} | {l1[k]:.4f}  | "
               f"{stats[k]['within']:.3f}  | {stats[k]['between']:.3f}   | {stats[k]['ratio']:.2f}  | "
               f"{sil[k]:.3f}      | {100 * knn[k]:.2f}%")
     print(f"wrote {path} and figures in {fig_dir} ({results['wall_time_s']:.0f} s)")

@@ -27,20 +27,33 @@ No variant is called "best": choosing one by its test accuracy would make that n
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
-
-import torch
+import warnings
 from functools import partial
 
+import torch
+
 from common import fewshot
-from common.data import augment_words, random_affine
+from common.data import AFFINE, TensorData
 from common.models import AE_RECIPE, AutoEncoder, Classifier
 from common.plots import plot_curves
-from common.stats import paired
-from common.train import fit, fit_recipe, fit_seeds, load_or_train, mean_l1, predict, tensorboard_dir
-from common.utils import (fraction, pick_device, positive_int, resolve_output_dirs, run_config, run_main,
-                          seed_everything, write_json_atomic)
+from common.stats import paired, standardise
+from common.train import Recipe, fit, fit_seeds, load_or_train, mean_l1, predict, tensorboard_dir
+from common.utils import (
+    fraction,
+    learning_rate,
+    positive_int,
+    run_config,
+    run_main,
+    seed_everything,
+    setup,
+    write_json_atomic,
+)
 
+# ex4's recipe, repeated because the `scratch` variant must be ex4's run (tests/test_fewshot.py checks that
+# the two agree): one full batch of 100 images, one AdamW step per epoch at a constant learning rate.
+RECIPE = Recipe(epochs=100, lr=1e-3, batch_size=100, schedule="constant", eval_every=10)
 VARIANTS = {  # name -> (encoder from the AE?, freeze it?, augment?, label)
     "scratch": (False, False, False, "ex4: from scratch"),
     "finetune": (True, False, False, "ex5: AE encoder, fine-tuned"),
@@ -57,7 +70,7 @@ QUESTIONS = [("finetune", "frozen_encoder"), ("finetune_lowlr", "frozen_encoder"
 
 def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    fewshot.add_args(p, runs_dir=True)  # --runs-dir: where the ex1 autoencoder checkpoint is read
+    fewshot.add_args(p, RECIPE, runs_dir=True)  # --runs-dir: where the ex1 autoencoder checkpoint is read
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=DEFAULT,
                    help="which variants to run (default: all but selftrain); scratch always runs")
     p.add_argument("--encoder-lr-ratio", type=fraction, default=0.1,
@@ -67,23 +80,20 @@ def get_args(argv=None) -> argparse.Namespace:
                    help="one self-training round per number: the fraction of each pseudo-class kept "
                         "(most confident first); default 0.3 0.5 0.7 0.8 0.9 0.9 0.95 0.95")
     g.add_argument("--round-epochs", type=positive_int, default=4, help="epochs per round (default 4)")
-    g.add_argument("--round-lr", type=fraction, default=3e-3, help="peak OneCycle lr per round (default 3e-3)")
+    g.add_argument("--round-lr", type=learning_rate, default=3e-3,
+                   help="peak learning rate of each round's one-cycle schedule (default 3e-3)")
     g.add_argument("--round-batch-size", type=positive_int, default=256, help="batch size (default 256)")
-    g.add_argument("--neighbours", type=positive_int, default=15, help="label spreading: k of the k-NN graph (default 15)")
+    g.add_argument("--neighbours", type=positive_int, default=15,
+                   help="label spreading: k of the k-NN graph (default 15)")
     return p.parse_args(argv)
 
 
-def init_from_autoencoder(model: Classifier, ae: AutoEncoder) -> Classifier:
-    """Copy the autoencoder's encoder weights (and BatchNorm statistics) into the classifier."""
-    model.encoder.load_state_dict(ae.encoder.state_dict())
-    return model
-
-
 def make_model(args, ae: AutoEncoder | None, freeze: bool) -> Classifier:
-    model = Classifier(args.latent_dim, args.channels, fc=True, hidden=args.hidden,
-                       dropout=args.dropout)  # random MLP head, ex4's architecture
+    """ex4's architecture with a random MLP head; the encoder (and its BatchNorm statistics) copied from the
+    autoencoder when given, and kept fixed when `freeze`."""
+    model = Classifier(args.latent_dim, args.channels, fc=True, hidden=args.hidden, dropout=args.dropout)
     if ae is not None:
-        init_from_autoencoder(model, ae)
+        model.encoder.load_state_dict(ae.encoder.state_dict())
     return model.freeze_encoder() if freeze else model
 
 
@@ -93,93 +103,137 @@ def lowlr_groups(model: Classifier, ratio: float, lr: float) -> list[dict]:
             {"params": list(model.mlp.parameters()), "lr": lr}]
 
 
-def pretrained_autoencoder(args, data: fewshot.FewLabelData, runs_dir, device) -> tuple[AutoEncoder, dict]:
-    """The ex1 conv+FC autoencoder: its checkpoint, or trained here with ex1's recipe (AE_RECIPE); and that
-    recipe (fit_recipe), which the checkpoint was checked against and ex5.json records."""
-    epochs = 1 if args.smoke else AE_RECIPE["epochs"]
-    recipe = fit_recipe(epochs=epochs, lr=AE_RECIPE["lr"], batch_size=AE_RECIPE["batch_size"],
-                        train_size=len(data.full_train), loss_fn=mean_l1)
+def pretrained_autoencoder(args, data: fewshot.FewLabelData, runs_dir, device) -> tuple[AutoEncoder, Recipe]:
+    """The ex1 conv+FC autoencoder from its checkpoint, or trained here with ex1's recipe on all (unlabelled)
+    training images; and that recipe, which the checkpoint was checked against."""
+    recipe = dataclasses.replace(AE_RECIPE, epochs=1) if args.smoke else AE_RECIPE
+    path = runs_dir / "ex1_conv_fc.pt"
 
-    def pretrain(model):  # ex1's recipe, on all (unlabelled) training images
-        fit(model.to(device), data.full_train, data.test, epochs=epochs, lr=AE_RECIPE["lr"],
-            batch_size=AE_RECIPE["batch_size"], gen=seed_everything(args.seed), device=device, reconstruct=True,
-            ckpt_path=runs_dir / "ex1_conv_fc.pt", desc="ex1 conv_fc (pre-training)", channels_last=True)
+    def pretrain(model):
+        fit(model.to(device), data.full_train, data.test, recipe, gen=seed_everything(args.seed), loss_fn=mean_l1,
+            ckpt_path=path)
 
     seed_everything(args.seed)
-    return load_or_train(runs_dir / "ex1_conv_fc.pt", AutoEncoder(args.latent_dim, args.channels, fc=True),
-                         pretrain, "the ex1 conv+FC autoencoder", recipe=recipe).cpu(), recipe
+    ae = AutoEncoder(args.latent_dim, args.channels, fc=True)
+    return load_or_train(path, ae, pretrain, "the ex1 conv+FC autoencoder", recipe, len(data.full_train)).cpu(), recipe
+
+
+# ----------------------------------------------------------------------------- semi-supervised (selftrain)
+def label_spreading(z_labelled: torch.Tensor, y_labelled: torch.Tensor, z_unlabelled: torch.Tensor, *,
+                    n_neighbors: int = 15, alpha: float = 0.9, num_classes: int = 10) -> torch.Tensor:
+    """Class probabilities (N_u, classes) of unlabelled codes by label spreading (Zhou et al. 2004): on a
+    k-nearest-neighbour graph of all codes (standardised), labels diffuse from the labelled points,
+    F <- alpha S F + (1 - alpha) Y (scikit-learn's LabelSpreading). The unlabelled points get no label."""
+    from sklearn.semi_supervised import LabelSpreading
+
+    z = standardise(torch.cat([z_labelled, z_unlabelled]).double()).numpy()  # (N_l + N_u, d)
+    y = torch.full((len(z),), -1, dtype=torch.long)                           # -1 = unlabelled (sklearn)
+    y[:len(y_labelled)] = y_labelled
+    model = LabelSpreading(kernel="knn", n_neighbors=n_neighbors, alpha=alpha, max_iter=200, tol=1e-4)
+    with warnings.catch_warnings():  # 'max_iter reached' only says the last change was above tol
+        warnings.simplefilter("ignore")
+        model.fit(z, y.numpy())
+    probs = torch.zeros(len(z), num_classes)
+    probs[:, torch.as_tensor(model.classes_)] = torch.as_tensor(model.label_distributions_, dtype=torch.float32)
+    # The k-NN graph is directed: a point whose neighbours never lead to a labelled point receives no mass
+    # (an all-zero row). It knows nothing, so it gets the uniform distribution and is selected last.
+    probs[probs.sum(1) == 0] = 1.0 / num_classes
+    return probs[len(y_labelled):]                                            # (N_u, classes)
+
+
+def confident_per_class(probs: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Sorted indices (M,) of the `fraction` most confident rows of each predicted class: class-balanced, so
+    an easy class cannot crowd out a hard one."""
+    conf, label = probs.max(1)
+    keep = []
+    for c in label.unique():
+        idx = torch.nonzero(label == c).squeeze(1)
+        keep.append(idx[conf[idx].argsort(descending=True, stable=True)[:int(round(fraction * len(idx)))]])
+    return torch.cat(keep).sort().values
+
+
+def self_train(make, labelled: TensorData, unlabelled_x: torch.Tensor, prior: torch.Tensor, test: TensorData,
+               recipe: Recipe, fractions, gen: torch.Generator, device) -> tuple[torch.nn.Module, list[dict]]:
+    """Self-training on class-balanced confident pseudo-labels (Lee 2013; Xie et al. 2020 without noise in the
+    teacher): round r trains a fresh make() on the labelled images plus the `fractions[r]` most confident
+    unlabelled images (N_u, C, H, W) of each class, then relabels them all. Round 0 starts from `prior`.
+    Returns the last model and the rounds' histories joined (with `round` and `n_pseudo` columns)."""
+    probs, history = prior, []
+    for r, frac in enumerate(fractions):
+        keep = confident_per_class(probs, frac)                               # (M,) indices into unlabelled
+        data = TensorData(torch.cat([labelled.x, unlabelled_x[keep]]), torch.cat([labelled.y, probs[keep].argmax(1)]))
+        model = make().to(device)
+        epoch0, time0 = (history[-1]["epoch"], history[-1]["train_time_s"]) if history else (0, 0.0)
+        for row in fit(model, data, test, recipe, gen=gen):
+            history.append(dict(row, epoch=row["epoch"] + epoch0, train_time_s=row["train_time_s"] + time0,
+                                round=r, n_pseudo=len(keep)))
+        probs = predict(model, unlabelled_x, device).softmax(1)               # (N_u, classes)
+    return model, history
 
 
 def selftrain_fn(args, ae: AutoEncoder, data: fewshot.FewLabelData, device):
-    """train_fn for fit_seeds: label spreading on the AE codes (once), then self-training per seed.
-
-    The unlabelled pool is data.full_train.x[n_train:]: images only, its labels are never passed on.
-    """
-    unlabelled_x = data.full_train.x[len(data.train):]                       # (N_u, 1, 28, 28)
-    codes = lambda x: predict(ae, x, device, fn=ae.to(device).encoder)       # (N, d)
-    prior = fewshot.label_spreading(codes(data.train.x), data.train.y, codes(unlabelled_x),
-                                    n_neighbors=args.neighbours)             # (N_u, 10)
+    """train_one for fit_seeds: label spreading on the AE codes (once), then self-training per seed. The
+    unlabelled pool is data.full_train.x[train_images:]: images only, its labels are never passed on."""
+    unlabelled_x = data.full_train.x[len(data.train):]                        # (N_u, 1, 28, 28)
+    codes = lambda x: predict(ae, x, device, fn=ae.to(device).encoder)        # noqa: E731  (N, d)
+    prior = label_spreading(codes(data.train.x), data.train.y, codes(unlabelled_x), n_neighbors=args.neighbours)
+    recipe = Recipe(epochs=1 if args.smoke else args.round_epochs, lr=args.round_lr, batch_size=args.round_batch_size,
+                    eval_every=args.round_epochs, augment=AFFINE)
     rounds = args.rounds[:2] if args.smoke else args.rounds
-    fit_kw = dict(epochs=1 if args.smoke else args.round_epochs, lr=args.round_lr,
-                  batch_size=args.round_batch_size, eval_every=args.round_epochs, augment=random_affine)
-    model_fn = partial(make_model, args, ae, False)
-    return (lambda gen, desc: fewshot.self_train(model_fn, data.train, unlabelled_x, prior, data.curve_test,
-                                                 fractions=rounds, gen=gen, device=device, desc=desc, **fit_kw))
+    make = partial(make_model, args, ae, False)
+    return lambda gen: self_train(make, data.train, unlabelled_x, prior, data.curve_test, recipe, rounds, gen, device)
 
 
-def augment_note(variants) -> str:
-    """The augmentation cell of the report's training-setup table for this run's variants."""
-    n = sum(VARIANTS[v][2] for v in variants if v in VARIANTS)
-    return "none" if n == 0 else (f"none, except the {n} augmented variant{'s' if n > 1 else ''} "
-                                  f"({augment_words(random_affine)})")
+def compare(variants: dict, seeds: list[int]) -> dict:
+    """Paired comparisons over seeds (a - b): each variant vs scratch, and QUESTIONS. A single seed is a
+    legitimate quick run, but gives no paired test: then this is empty."""
+    if len(seeds) < 2:
+        return {}
+    pair = lambda a, b, key: paired(variants[a][key]["values"], variants[b][key]["values"])  # noqa: E731
+    for name, v in variants.items():
+        if name != "scratch":
+            v["vs_scratch"] = pair(name, "scratch", "final_test_acc")
+            v["vs_scratch_loss"] = pair(name, "scratch", "final_test_loss")
+    return {f"{a} - {b}": {"acc": pair(a, b, "final_test_acc"), "loss": pair(a, b, "final_test_loss")}
+            for a, b in QUESTIONS if a in variants and b in variants}
 
 
 def main(argv=None) -> dict:
     args = get_args(argv)
-    fig_dir, res_dir, runs_dir = resolve_output_dirs(args)
-    device = pick_device(args.device)
+    fig_dir, res_dir, runs_dir, device = setup(args)
     t_start = time.perf_counter()
-
     data = fewshot.load(args)
     seeds = fewshot.resolve_seeds(args)
-    variants = ["scratch"] + [v for v in args.variants if v != "scratch"]  # the reference runs first
-    ae, ae_recipe = (pretrained_autoencoder(args, data, runs_dir, device) if any(VARIANTS[v][0] for v in variants)
+    recipe = dataclasses.replace(RECIPE, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                                 weight_decay=args.weight_decay, eval_every=args.eval_every)
+    names = ["scratch"] + [v for v in args.variants if v != "scratch"]  # the reference runs first
+    ae, ae_recipe = (pretrained_autoencoder(args, data, runs_dir, device) if any(VARIANTS[v][0] for v in names)
                      else (None, None))
-
     results = {"name": "ex5", "config": run_config(args), "threads": torch.get_num_threads(),
-               "recipe": {"optimizer": "AdamW", **fewshot.fit_kwargs(args), "augment": augment_note(args.variants)}, "model": make_model(args, None, False).config,
+               "recipe": dataclasses.asdict(recipe), "model": make_model(args, None, False).config,
                "train_indices": data.train.index, "train_class_counts": fewshot.class_counts(data.train.y),
-               "seeds": seeds, "autoencoder_recipe": ae_recipe, "variants": {}}
-    for name in variants:
+               "seeds": seeds, "autoencoder_recipe": ae_recipe and dataclasses.asdict(ae_recipe), "variants": {}}
+    for name in names:
         from_ae, freeze, aug, label = VARIANTS[name]
-        extra = {"augment": random_affine} if aug else {}
-        if name == "finetune_lowlr":
-            extra["param_groups"] = partial(lowlr_groups, ratio=args.encoder_lr_ratio, lr=args.lr)
-        if name == "selftrain":
-            extra = {"train_fn": selftrain_fn(args, ae, data, device)}
-        r = fit_seeds(partial(make_model, args, ae if from_ae else None, freeze), seeds, data.train,
-                      data.curve_test, final_test=data.test, device=device, desc=f"ex5 {name}",
-                      tb_dir=tensorboard_dir(args, f"ex5/{name}", runs_dir), hparams=run_config(args),
-                      **fewshot.fit_kwargs(args), **extra)
-        results["variants"][name] = {"label": label, **r}
-    ref = results["variants"]["scratch"]
-    for name, v in results["variants"].items():
-        if name != "scratch":
-            v["vs_scratch"] = paired(v["final_test_acc"]["values"], ref["final_test_acc"]["values"])
-            v["vs_scratch_loss"] = paired(v["final_test_loss"]["values"], ref["final_test_loss"]["values"])
-    results["comparisons"] = {f"{a} - {b}": {"acc": paired(results["variants"][a]["final_test_acc"]["values"],
-                                                           results["variants"][b]["final_test_acc"]["values"]),
-                                             "loss": paired(results["variants"][a]["final_test_loss"]["values"],
-                                                            results["variants"][b]["final_test_loss"]["values"])}
-                              for a, b in QUESTIONS if a in results["variants"] and b in results["variants"]}
-    if "finetune" in results["variants"]:  # the assignment's goal: fine-tuned >= scratch + 10 points
-        vs = results["variants"]["finetune"]["vs_scratch"]
-        results["goal_finetune_plus_10"] = {"mean_diff": vs["mean_diff"], "ci95": vs["ci95"],
-                                            "met": vs["mean_diff"] >= 0.10, "ci_excludes_5": vs["ci95"][0] > 0.05}
+        v_recipe = dataclasses.replace(recipe, augment=AFFINE if aug else "none")
+        make = partial(make_model, args, ae if from_ae else None, freeze)
+        groups = partial(lowlr_groups, ratio=args.encoder_lr_ratio, lr=args.lr) if name == "finetune_lowlr" else None
+        tb = tensorboard_dir(args, f"ex5/{name}", runs_dir)
 
-    stem = "ex5_selftrain" if "selftrain" in variants else "ex5"
-    curves = {v["label"]: v["mean_history"] for n, v in results["variants"].items() if n != "selftrain"}
+        def train_one(gen, make=make, groups=groups, tb=tb, v_recipe=v_recipe):
+            model = make().to(device)
+            return model, fit(model, data.train, data.curve_test, v_recipe, gen=gen,
+                              params=groups(model) if groups else None,
+                              tb_dir=tb / f"seed{gen.initial_seed()}" if tb else None)
+
+        r = fit_seeds(selftrain_fn(args, ae, data, device) if name == "selftrain" else train_one, seeds,
+                      data.curve_test, data.test, desc=f"ex5 {name}")
+        results["variants"][name] = {"label": label, "augment": v_recipe.augment, **r}
+    results["comparisons"] = compare(results["variants"], seeds)
+
+    stem = "ex5_selftrain" if "selftrain" in names else "ex5"
     if stem == "ex5":
+        curves = {v["label"]: v["mean_history"] for v in results["variants"].values()}
         title = (f"Few labels (first {len(data.train)} images): mean ± std over {len(seeds)} seeds\n"
                  f"(test curves on the first {len(data.curve_test)} test images)")
         plot_curves(curves, fig_dir / "ex45_compare.png", title)

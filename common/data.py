@@ -18,7 +18,6 @@ import torch
 
 from .utils import UserError
 
-
 # SHA-256 of the uncompressed IDX files (as listed in the course data README). A file that is
 # present but differs is corrupted (flipped bytes, truncated copy), which is not the same as missing.
 MNIST_SHA256 = {
@@ -27,14 +26,6 @@ MNIST_SHA256 = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
-
-
-class DataUnavailableError(UserError):
-    """The data set is not on disk and could not be downloaded."""
-
-
-class DataCorruptedError(DataUnavailableError):
-    """A data file is present but its content is wrong (checksum, labels out of range, undecodable)."""
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -60,12 +51,12 @@ def sha256_file(path: Path) -> str:
 
 
 def verify_mnist_files(raw: Path, names) -> None:
-    """Raise DataCorruptedError for the first of `names` in `raw` whose SHA-256 is not the known one."""
+    """Raise UserError for the first of `names` in `raw` whose SHA-256 is not the known one."""
     for name in names:
         path = raw / name
         got = sha256_file(path)
         if got != MNIST_SHA256[name]:
-            raise DataCorruptedError(
+            raise UserError(
                 f"corrupted: {path}, expected sha256 {MNIST_SHA256[name]}, got {got} "
                 f"({path.stat().st_size:,} bytes); delete it and download MNIST again, or point "
                 f"--data-dir / DATA_DIR at an intact copy")
@@ -88,16 +79,15 @@ class TensorData:
         return TensorData(self.x[idx], self.y[idx], source)
 
 
-def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> TensorData:
-    """The byte-exact MNIST split as tensors: x (N, 1, 28, 28) in [0, 1], y (N,) int64."""
+def load_mnist(data_dir: str | Path, train: bool) -> TensorData:
+    """The byte-exact MNIST split as tensors: x (N, 1, 28, 28) in [0, 1], y (N,) int64. Offline, the raw
+    files must be there; a missing or damaged file stops the run with one line."""
     from torchvision.datasets import MNIST  # lazy: importing torchvision costs ~1 s
 
     root = Path(data_dir).expanduser()
     raw = root / "MNIST" / "raw"
     split = [n for n in MNIST_SHA256 if n.startswith("train" if train else "t10k")]
     if not all((raw / n).is_file() for n in MNIST_SHA256):  # torchvision needs all four to skip downloading
-        if not download:
-            raise DataUnavailableError(missing_data_message("MNIST", root))
         # MNIST(download=True) creates <root>/MNIST/raw before it fails offline: remove what it created,
         # so a failed load leaves the data dir as it was.
         created = next((d for d in (root, root / "MNIST", raw) if not d.exists()), None)
@@ -106,53 +96,25 @@ def load_mnist(data_dir: str | Path, train: bool, download: bool = True) -> Tens
         except Exception as exc:  # torchvision raises RuntimeError/URLError variants when offline
             if created is not None:
                 shutil.rmtree(created, ignore_errors=True)
-            raise DataUnavailableError(missing_data_message("MNIST", root, exc)) from exc
+            raise UserError(missing_data_message("MNIST", root, exc)) from None
     verify_mnist_files(raw, split)  # before parsing: a damaged header must not become a parser traceback
-    try:
-        ds = MNIST(root=str(root), train=train, download=False)
-    except Exception as exc:  # only reachable with files that pass the checksum but torchvision rejects
-        raise DataCorruptedError(f"could not read MNIST from {raw} ({describe_exception(exc)})") from exc
-    if len(ds.data) != len(ds.targets) or ds.data.shape[1:] != (28, 28):
-        raise DataCorruptedError(f"corrupted: {raw / split[0]}: {tuple(ds.data.shape)} images for "
-                                 f"{len(ds.targets)} labels")
-    bad = (ds.targets < 0) | (ds.targets > 9)
-    if bad.any():  # a label outside 0..9 would surface mid-training as a cross-entropy IndexError
-        i = int(bad.nonzero()[0])
-        raise DataCorruptedError(f"corrupted: {raw / split[1]}: label {int(ds.targets[i])} at index {i} "
-                                 f"is outside 0..9")
+    ds = MNIST(root=str(root), train=train, download=False)
     x = ds.data.unsqueeze(1).float().div_(255.0)  # (N, 1, 28, 28); uint8 -> [0, 1] once
     return TensorData(x, ds.targets.long())
 
 
-def first_n_subset(dataset, n: int):
-    """The exercise's few-label set: exactly the first n training examples, indices 0..n-1.
-
-    Works on a torch Dataset (returns torch.utils.data.Subset) and on TensorData (returns the slice);
-    both pick the same examples as ``Subset(train, torch.arange(n))``.
-    """
-    if n > len(dataset):
-        raise ValueError(f"asked for the first {n} examples of a data set of {len(dataset)}")
-    idx = torch.arange(n)
-    if isinstance(dataset, TensorData):
-        return dataset.subset(idx)
-    return torch.utils.data.Subset(dataset, idx)
-
-
-def smoke_slice(data: TensorData, n: int) -> TensorData:
-    """A tiny slice for --smoke runs: the first n examples (not class-balanced; smoke runs only check
-    that a script runs end to end)."""
+def first_n(data: TensorData, n: int) -> TensorData:
+    """The first n examples, indices 0..n-1 (the same as Subset(train, torch.arange(n))); data.index records
+    them. Also the tiny slices of --smoke runs (not class-balanced: they only check that a script runs)."""
     return data.subset(torch.arange(min(n, len(data))))
 
 
-def index_batches(n: int, batch_size: int, generator: torch.Generator | None = None,
-                  shuffle: bool = True):
-    """Yield index tensors covering range(n) once; the last batch may be smaller."""
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    yield from order.split(batch_size)
+MAX_SHIFT_PX, MAX_DEGREES = 2.0, 10.0  # light: a shifted or tilted digit is still the same digit
+AFFINE = f"shifts ≤ {MAX_SHIFT_PX:g} px, rotations ≤ {MAX_DEGREES:g}°"  # Recipe.augment's name for it
 
 
-def random_affine(x: torch.Tensor, gen: torch.Generator, max_shift: float = 2.0,
-                  max_degrees: float = 10.0) -> torch.Tensor:
+def random_affine(x: torch.Tensor, gen: torch.Generator, max_shift: float = MAX_SHIFT_PX,
+                  max_degrees: float = MAX_DEGREES) -> torch.Tensor:
     """Light augmentation for a whole batch at once: random shifts (pixels) and rotations (degrees).
 
     x: (B, C, H, W). One affine grid per image (F.affine_grid), bilinear resampling, zeros outside.
@@ -179,21 +141,6 @@ def shift_images(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
         x[..., max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
     return out
-
-
-def augment_words(augment) -> str:
-    """The training augmentation in the words of the report's setup table: "none", or random_affine's
-    magnitudes read from its own defaults (so the table cannot drift from the code)."""
-    if augment is None:
-        return "none"
-    import inspect
-    fn = getattr(augment, "func", augment)  # a functools.partial of random_affine counts as random_affine
-    if fn is random_affine:
-        params = inspect.signature(random_affine).parameters
-        kw = {k: v.default for k, v in params.items() if v.default is not inspect.Parameter.empty}
-        kw.update(getattr(augment, "keywords", {}) or {})
-        return f"shifts ≤ {kw['max_shift']:g} px, rotations ≤ {kw['max_degrees']:g}°"
-    return getattr(fn, "__name__", type(fn).__name__).replace("_", " ")
 
 
 # ----------------------------------------------------------------------------- the labs' photo data
@@ -225,12 +172,8 @@ def imagenette_split(data_dir: str | Path, split: str) -> Path:
     naming DATA_DIR and --data-dir (missing_data_message)."""
     root = imagenette_root(data_dir)
     if not (root / split).is_dir():
-        raise DataUnavailableError(missing_data_message(f"Imagenette ({IMAGENETTE_DIR})", root))
+        raise UserError(missing_data_message(f"Imagenette ({IMAGENETTE_DIR})", root))
     return root / split
-
-
-class ImageDecodeError(DataCorruptedError):
-    """An image file that Pillow cannot decode (corrupt, truncated, not an image)."""
 
 
 def require_images(folder: str | Path, pattern: str, what: str) -> list[Path]:
@@ -239,10 +182,10 @@ def require_images(folder: str | Path, pattern: str, what: str) -> list[Path]:
     photos named age_gender_race_date.jpg.chip.jpg")."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise DataUnavailableError(missing_data_message(what, folder))
+        raise UserError(missing_data_message(what, folder))
     files = sorted(folder.glob(pattern))
     if not files:
-        raise DataUnavailableError(f"'{folder}' holds no {pattern} files; it should hold {what}. Point "
+        raise UserError(f"'{folder}' holds no {pattern} files; it should hold {what}. Point "
                                    f"--data-dir / DATA_DIR at a complete copy of the data")
     return files
 
@@ -259,7 +202,7 @@ def decode_images(paths, size: int, bar=None, skipped: list | None = None) -> to
     with a `skipped` list, their paths are appended to it, one line says how many were skipped, and the
     tensor holds only the decodable images, in order (N = len(paths) - number skipped; the caller drops
     the labels of the skipped paths and records the count in its results). Without `skipped` the caller
-    cannot re-align its labels, so the first unreadable file stops the run (ImageDecodeError, one line
+    cannot re-align its labels, so the first unreadable file stops the run (UserError, one line
     naming the file).
     """
     import numpy as np
@@ -274,7 +217,7 @@ def decode_images(paths, size: int, bar=None, skipped: list | None = None) -> to
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             # UnidentifiedImageError and "image file is truncated" are OSErrors
             if skipped is None:
-                raise ImageDecodeError(f"corrupted image: {p} ({describe_exception(exc)}); delete or "
+                raise UserError(f"corrupted image: {p} ({describe_exception(exc)}); delete or "
                                        f"replace it") from exc
             bad.append((p, exc))
         if bar is not None:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .data import random_affine
+from .data import AFFINE
+from .train import Recipe
 
 
 def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -139,19 +140,13 @@ class EncoderComposite(nn.Module):
         return self
 
 
-# The ex1 conv+FC autoencoder's training recipe (AdamW + OneCycle over all 60,000 images). 6 epochs is the
-# cheapest of the sweep `python -m common.bench --recipes 4 6 8` (bench_recipes.json) that meets issue 13's
-# target (test mean-L1 <= 0.030): 4 epochs gave 0.0309, 6 gave 0.0291, 8 gave 0.0282 (15 gave 0.0267).
-# Defined once: ex1 trains with it (its CLI defaults), ex3 and ex5 pre-train with it when
-# runs/ex1_conv_fc.pt is missing and refuse a checkpoint trained with anything else
-# (common.train.fit_recipe / load_or_train).
-AE_RECIPE = dict(epochs=6, lr=3e-3, batch_size=128)
-# The ex2 classifier's recipe, as keyword arguments of common.train.fit: AdamW + OneCycle over all 60,000
-# images with random shifts and rotations (data.random_affine). 6 epochs: the same sweep gave 99.33 % after
-# 4, 99.42 % after 6 and 99.40 % after 8 epochs (target >= 99.4 %; one seed, binomial SE ~0.07 points).
-# ex2 trains with it (its CLI defaults), ex3 trains runs/ex2_classifier.pt with it when missing and refuses
-# one of another recipe.
-CLASSIFIER_RECIPE = dict(epochs=6, lr=3e-3, batch_size=128, augment=random_affine)
+# The ex1 autoencoder's and the ex2 classifier's recipes: AdamW + one-cycle over all 60,000 training
+# images. Defined here, not in ex1/ex2, because ex3 and ex5 train them too when their checkpoints are
+# missing, and refuse a checkpoint trained with anything else (train.load_or_train). 6 epochs each: the
+# cheapest of the sweep `python -m common.bench --recipes 4 6 8` after which the test curves flatten
+# (bench_recipes.json).
+AE_RECIPE = Recipe(epochs=6, lr=3e-3, batch_size=128)
+CLASSIFIER_RECIPE = Recipe(epochs=6, lr=3e-3, batch_size=128, augment=AFFINE)
 
 
 class AutoEncoder(EncoderComposite):

@@ -111,7 +111,7 @@ def digit_panels(panels: dict[str, torch.Tensor], path: Path, title: str, ncol: 
     return save(fig, path)
 
 
-def scatter_panels(points: dict[str, "np.ndarray"], labels: torch.Tensor, path: Path, title: str) -> Path:
+def scatter_panels(points: dict, labels: torch.Tensor, path: Path, title: str) -> Path:
     """2-D embeddings (e.g. t-SNE) side by side, coloured by class, one shared legend.
 
     Sized so that two panels and the legend placed at the full text width (~6.7 in) print their text at >= 7 pt.

@@ -92,3 +92,13 @@ def wilson(k: int, n: int, confidence: float = 0.95) -> dict:
         raise ValueError("wilson() needs n > 0")
     ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
     return {"rate": k / n, "k": int(k), "n": int(n), "ci95": [float(ci.low), float(ci.high)]}
+
+
+STD_EPS = 1e-8  # floor of a standard deviation: a constant latent dimension must not divide by zero
+
+
+def standardise(z, ref=None):
+    """z (N, d) with zero mean and unit variance per dimension, using the statistics of `ref` (N', d)
+    (default: z itself), so distances no longer depend on each latent space's scale."""
+    ref = z if ref is None else ref
+    return (z - ref.mean(0)) / ref.std(0).clamp_min(STD_EPS)

@@ -1,4 +1,4 @@
-"""Paths, seeding, device selection, CLI helpers and the atomic file writer (results, checkpoints)."""
+"""Paths, seeding, device, the command-line flags every script shares, and atomic result files."""
 from __future__ import annotations
 
 import argparse
@@ -20,14 +20,13 @@ REPORT_DIR = REPO_ROOT / "report"
 RUNS_DIR = REPO_ROOT / "runs"  # checkpoints; git-ignored
 
 
-# ----------------------------------------------------------------------------- errors / entry point
 class UserError(RuntimeError):
-    """A problem the user can fix (missing data, a foreign checkpoint): reported in one line, no traceback."""
+    """A problem the user can fix (missing data, a foreign checkpoint, a diverged run): one line, no traceback."""
 
 
 def run_main(main) -> None:
-    """The scripts' entry point: run main(); a UserError exits with 'error: ...' and status 1, Ctrl-C
-    with one line and status 130 (128 + SIGINT, as a shell reports it), no traceback either way."""
+    """The scripts' entry point: a UserError exits with 'error: ...' and status 1, Ctrl-C with one line and
+    status 130 (128 + SIGINT, as a shell reports it)."""
     try:
         main()
     except UserError as e:
@@ -38,13 +37,9 @@ def run_main(main) -> None:
         raise SystemExit(130) from None
 
 
-# ----------------------------------------------------------------------------- seeding / device
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed python, numpy and torch; return a CPU generator for shuffling.
-
-    Batches are drawn from this explicit generator, so the data order does not depend on how
-    many random numbers model initialisation consumed.
-    """
+    """Seed python, numpy and torch; return a CPU generator for shuffling and augmentation, so the data
+    order does not depend on how many random numbers model initialisation consumed."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -54,88 +49,52 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """'auto' picks cuda, then mps, then cpu; an explicit name is honoured (and checked)."""
+    """'auto' picks cuda, then mps, then cpu; an explicit name must be available."""
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": mps}
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but CUDA is not available on this machine (try --device auto)")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError("--device mps requested but MPS is not available on this machine (try --device auto)")
+        return torch.device("cuda" if available["cuda"] else "mps" if mps else "cpu")
+    if not available[name]:
+        raise UserError(f"--device {name} requested but it is not available on this machine (try --device auto)")
     return torch.device(name)
 
 
-# ----------------------------------------------------------------------------- CLI
-def _number(text: str, kind=float):
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a{'n integer' if kind is int else ' number'}, got {text!r}")
-    if kind is float and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
+# ----------------------------------------------------------------------------- command line
+def number(kind=float, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False):
+    """An argparse type: a finite int or float in [lo, hi] ((lo, hi] with lo_open); anything else is one
+    clear line from argparse, never a traceback or a NaN run."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        low_ok = lo is None or (value > lo if lo_open else value >= lo)
+        if not (math.isfinite(value) and low_ok and (hi is None or value <= hi)):
+            lo_s = "-inf" if lo is None else f"{lo:g}"
+            hi_s = "inf" if hi is None else f"{hi:g}"
+            raise argparse.ArgumentTypeError(f"must be in {'(' if lo_open else '['}{lo_s}, {hi_s}], got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
-def positive_int(text: str) -> int:
-    value = _number(text, int)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def nonneg_int(text: str) -> int:
-    """A seed or a count that may be 0."""
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _number(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def nonneg_float(text: str) -> float:
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
-
-
-def learning_rate(text: str) -> float:
-    """A positive, finite learning rate no larger than 1 (larger ones only produce NaN losses here)."""
-    value = positive_float(text)
-    if value > 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    value = _number(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
+positive_int = number(int, 1)
+seed_int = number(int, 0)
+fraction = number(float, 0.0, 1.0)
+learning_rate = number(float, 0.0, 1.0, lo_open=True)  # larger ones only produce NaN losses here
 
 
 def add_common_args(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, lr: float,
-                    seed: int = 0, runs_dir: bool = True, resume: bool = True) -> argparse.ArgumentParser:
-    """Arguments every experiment script shares, with the script's own defaults.
-
-    runs_dir / resume: offer --runs-dir (the script reads or writes checkpoints) and --resume (it can
-    continue an interrupted run); scripts that do neither do not offer them, so --help promises nothing.
-    """
+                    runs_dir: bool = True, resume: bool = True, threads: int = 0) -> argparse.ArgumentParser:
+    """The flags every experiment script shares, with the script's own recipe as defaults. `runs_dir`: the
+    script reads or writes checkpoints; `resume`: it can continue an interrupted run."""
     g = parser.add_argument_group("common")
     g.add_argument("--epochs", type=positive_int, default=epochs, help=f"training epochs (default {epochs})")
     g.add_argument("--batch-size", type=positive_int, default=batch_size,
                    help=f"mini-batch size (default {batch_size})")
-    g.add_argument("--lr", type=learning_rate, default=lr, help=f"peak learning rate (default {lr})")
-    g.add_argument("--seed", type=nonneg_int, default=seed, help=f"random seed (default {seed})")
+    g.add_argument("--lr", type=learning_rate, default=lr,
+                   help=f"learning rate: the peak of a one-cycle schedule, or the constant rate (default {lr:g})")
+    g.add_argument("--seed", type=seed_int, default=0, help="random seed of the training run (default 0)")
     add_io_args(g)
     if runs_dir:
         g.add_argument("--runs-dir", type=Path, default=None,
@@ -143,26 +102,36 @@ def add_common_args(parser: argparse.ArgumentParser, *, epochs: int, batch_size:
     if resume:
         g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --runs-dir")
     g.add_argument("--tensorboard", action="store_true",
-                   help="also log per-epoch scalars and the config to runs/tb/<script>/<time> "
+                   help="also log per-epoch scalars to <runs dir>/tb/<script>/<time> "
                         "(view: tensorboard --logdir runs/tb)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="compute device (default: auto = cuda > mps > cpu)")
+    g.add_argument("--threads", type=seed_int, default=threads,
+                   help=f"torch CPU threads; 0 = torch's choice (default {threads})")
     g.add_argument("--smoke", action="store_true",
-                   help="tiny data slice and 1-2 epochs, written to a temp dir: checks the script runs")
+                   help="tiny data slice and 1-2 epochs, written to a temp dir: checks that the script runs")
     return parser
 
 
 def add_io_args(group) -> None:
-    """--data-dir and --out-dir, for every script (python -m common.bench too, which trains no epochs)."""
+    """--data-dir and --out-dir, for every script (python -m common.bench too)."""
     group.add_argument("--data-dir", default=os.environ.get("DATA_DIR", "./data"),
-                       help="dataset root (default: $DATA_DIR, else ./data); downloads there when online")
+                       help="dataset root (default: $DATA_DIR, else ./data)")
     group.add_argument("--out-dir", type=Path, default=None,
                        help="where figures/ and results/ go (default: report/, or a temp dir with --smoke)")
 
 
+def add_model_args(parser: argparse.ArgumentParser, *, hidden: bool = True) -> None:
+    """The ex1 encoder's (and the classifier's MLP head's) size flags, shared by ex1-ex5."""
+    parser.add_argument("--latent-dim", type=positive_int, default=12, help="size d of the latent code (default 12)")
+    parser.add_argument("--channels", type=positive_int, nargs="+", default=[32, 64, 128],
+                        help="conv channels per stride-2 layer of the encoder (default 32 64 128)")
+    if hidden:
+        parser.add_argument("--hidden", type=positive_int, default=64, help="hidden units of the MLP head (default 64)")
+
+
 def smoke_output_dir() -> Path:
-    """A temp folder for a --smoke run without --out-dir, removed when the process exits (saying so):
-    smoke runs check that a script runs, and would otherwise pile up in the system temp folder."""
+    """A temp folder for a --smoke run without --out-dir, removed when the process exits (saying so)."""
     out = Path(tempfile.mkdtemp(prefix="smoke_"))
 
     def remove():
@@ -172,17 +141,21 @@ def smoke_output_dir() -> Path:
     return out
 
 
-def resolve_output_dirs(args: argparse.Namespace) -> tuple[Path, Path, Path]:
-    """(figures_dir, results_dir, runs_dir). --smoke never writes over the committed report/."""
-    out = args.out_dir
-    if out is None:
-        out = smoke_output_dir() if args.smoke else REPORT_DIR
-    runs = getattr(args, "runs_dir", None)
-    runs = runs if runs is not None else (out / "runs" if args.smoke else RUNS_DIR)
-    fig, res = out / "figures", out / "results"
-    for d in (fig, res) + ((runs,) if hasattr(args, "runs_dir") else ()):  # no runs/ for scripts without
-        d.mkdir(parents=True, exist_ok=True)
-    return fig, res, runs
+def setup(args: argparse.Namespace) -> tuple[Path, Path, Path, torch.device]:
+    """(figures_dir, results_dir, runs_dir, device) of a run, and its CPU threads set. --smoke never writes
+    over the committed report/; an --out-dir that is a file is one clear line."""
+    out = args.out_dir or (smoke_output_dir() if args.smoke else REPORT_DIR)
+    runs = getattr(args, "runs_dir", None) or (out / "runs" if args.smoke else RUNS_DIR)
+    dirs = (out / "figures", out / "results") + ((runs,) if hasattr(args, "runs_dir") else ())
+    for d in dirs:
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise UserError(f"cannot create the folder {d}: {exc.strerror.lower()} (a file is in the way); "
+                            f"pass another --out-dir / --runs-dir") from None
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    return out / "figures", out / "results", runs, pick_device(getattr(args, "device", "auto"))
 
 
 # ----------------------------------------------------------------------------- results
@@ -198,7 +171,7 @@ def _jsonable(obj):
             return str(obj)
     if isinstance(obj, torch.Tensor):
         return _jsonable(obj.tolist())
-    if isinstance(obj, (np.generic,)):
+    if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, float):
         return round(obj, 6)  # 6 decimals: enough for every metric, keeps diffs readable
@@ -207,7 +180,7 @@ def _jsonable(obj):
 
 def atomic_write(path: Path, write) -> Path:
     """Write a file all at once or not at all: `write(tmp)` fills a temp file next to `path`, which then
-    replaces `path` (os.replace), so a crash never leaves a half-written result or checkpoint. Mode 0644."""
+    replaces it (os.replace), so a crash never leaves a half-written result or checkpoint. Mode 0644."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -223,7 +196,7 @@ def atomic_write(path: Path, write) -> Path:
 
 
 def write_json_atomic(path: Path, obj) -> Path:
-    """`obj` as indented JSON (tensors as lists, floats to 6 decimals), written atomically (atomic_write)."""
+    """`obj` as indented JSON (tensors as lists, floats to 6 decimals), written atomically."""
     text = json.dumps(_jsonable(obj), indent=1) + "\n"
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
