@@ -76,7 +76,7 @@ def image_rows(rows: list[torch.Tensor], labels: list[str], path: Path, title: s
     """A grid: one row per tensor (N, 1, H, W) in [0, 1], row labels on the left.
 
     Sized for the report's full text width (~17 cm, 6.7 in): 12 columns come out about 7 in wide, so the
-    9 pt labels print at about 8.5 pt (issue 12: every text >= 7 pt at the size a figure is placed).
+    9 pt labels print at about 8.5 pt (every text stays >= 7 pt at the size the figure is placed).
     """
     n = rows[0].shape[0]
     fig, axes = plt.subplots(len(rows), n, figsize=(0.55 * n + 1.3, 0.6 * len(rows) + 0.7), squeeze=False)

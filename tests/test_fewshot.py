@@ -5,15 +5,16 @@ import argparse
 
 import pytest
 import torch
+from conftest import load_result, needs_mnist, run_script
 
 import ex3_classifier_decoding as ex3
+import ex4_few_shot as ex4
 import ex5_finetune as ex5
 from common import fewshot
-from common.data import TensorData, first_n_subset
+from common.data import TensorData, first_n
 from common.models import AutoEncoder, Classifier
-from common.train import aggregate_histories, fit, fit_seeds, overfitting_summary, predict
+from common.train import Recipe, aggregate_histories, fit, fit_seeds, mean_l1, overfitting_summary, predict
 from common.utils import UserError, seed_everything
-from conftest import load_result, needs_mnist, run_script
 
 
 def test_ex3_encoder_is_frozen_while_the_decoder_trains():
@@ -27,8 +28,7 @@ def test_ex3_encoder_is_frozen_while_the_decoder_trains():
     enc_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}   # params AND BN buffers
     dec_before = {k: v.clone() for k, v in model.decoder.state_dict().items()}
     assert not any(p.requires_grad for p in model.encoder.parameters())
-    fit(model, data, data, epochs=2, lr=1e-2, batch_size=16, gen=seed_everything(0), device=torch.device("cpu"),
-        reconstruct=True, params=model.decoder.parameters(), desc="t")
+    fit(model, data, data, Recipe(epochs=2, lr=1e-2, batch_size=16), gen=seed_everything(0), loss_fn=mean_l1)
     for k, v in model.encoder.state_dict().items():
         assert torch.equal(v, enc_before[k]), f"encoder {k} changed"
     assert any(not torch.equal(v, dec_before[k]) for k, v in model.decoder.state_dict().items())
@@ -84,10 +84,10 @@ def _few_label_problem(n_total=96, n_labelled=20, seed=0):
     x = torch.rand(n_total, 1, 28, 28, generator=g)
     y = torch.randint(0, 10, (n_total,), generator=g)
     full = TensorData(x, y)
-    return full, first_n_subset(full, n_labelled)
+    return full, first_n(full, n_labelled)
 
 
-def test_first_n_subset_records_exactly_the_indices_it_took():
+def test_first_n_records_exactly_the_indices_it_took():
     full, few = _few_label_problem(n_labelled=20)
     assert torch.equal(few.index, torch.arange(20))
     assert torch.equal(few.x, full.x[:20]) and torch.equal(few.y, full.y[:20])
@@ -99,11 +99,13 @@ def test_first_n_subset_records_exactly_the_indices_it_took():
 def test_a_seed_gives_the_same_result_alone_as_among_other_seeds():
     """fit_seeds reseeds before every model: seed 1's run must not depend on seed 0 having run first."""
     full, few = _few_label_problem()
-    make = lambda: Classifier(channels=(4, 8), hidden=16)
-    kw = dict(device=torch.device("cpu"), desc="t", epochs=3, lr=1e-2, batch_size=8, eval_every=1,
-              schedule="constant", final_test=full)
-    both = fit_seeds(make, [0, 1], few, full.subset(torch.arange(40)), **kw)
-    alone = fit_seeds(make, [1], few, full.subset(torch.arange(40)), **kw)
+    curve, recipe = full.subset(torch.arange(40)), Recipe(epochs=3, lr=1e-2, batch_size=8, schedule="constant")
+
+    def train_one(gen):
+        model = Classifier(channels=(4, 8), hidden=16)
+        return model, fit(model, few, curve, recipe, gen=gen)
+    both = fit_seeds(train_one, [0, 1], curve, full, desc="t")
+    alone = fit_seeds(train_one, [1], curve, full, desc="t")
     assert _untimed(both["history"]["1"]) == _untimed(alone["history"]["1"])
     assert both["final_test_acc"]["values"][1] == alone["final_test_acc"]["values"][0]
     assert _untimed(both["history"]["0"]) != _untimed(both["history"]["1"])  # and the seeds really differ
@@ -111,9 +113,12 @@ def test_a_seed_gives_the_same_result_alone_as_among_other_seeds():
 
 def test_fit_seeds_summaries_use_the_final_evaluation_on_the_whole_test_set():
     full, few = _few_label_problem()
-    r = fit_seeds(lambda: Classifier(channels=(4, 8), hidden=16), [0, 1, 2], few, full.subset(torch.arange(10)),
-                  final_test=full, device=torch.device("cpu"), desc="t", epochs=2, lr=1e-2, batch_size=10,
-                  eval_every=1, schedule="constant")
+    curve, recipe = full.subset(torch.arange(10)), Recipe(epochs=2, lr=1e-2, batch_size=10, schedule="constant")
+
+    def train_one(gen):
+        model = Classifier(channels=(4, 8), hidden=16)
+        return model, fit(model, few, curve, recipe, gen=gen)
+    r = fit_seeds(train_one, [0, 1, 2], curve, full, desc="t")
     assert r["curve_test_size"] == 10 and r["final_test_size"] == len(full)
     acc = r["final_test_acc"]
     # accuracies on 96 images are multiples of 1/96; the curve subset (10 images) gives multiples of 1/10
@@ -125,8 +130,8 @@ def test_fit_seeds_summaries_use_the_final_evaluation_on_the_whole_test_set():
 def test_confident_per_class_against_a_hand_computation():
     probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.8, 0.2], [0.3, 0.7], [0.45, 0.55]])
     # class 0 rows (0, 1, 2) by confidence: 0 (0.9), 2 (0.8), 1 (0.6); class 1 rows: 3 (0.7), 4 (0.55)
-    assert fewshot.confident_per_class(probs, 2 / 3).tolist() == [0, 2, 3]  # round(2/3*3)=2, round(2/3*2)=1
-    assert fewshot.confident_per_class(probs, 1.0).tolist() == [0, 1, 2, 3, 4]
+    assert ex5.confident_per_class(probs, 2 / 3).tolist() == [0, 2, 3]  # round(2/3*3)=2, round(2/3*2)=1
+    assert ex5.confident_per_class(probs, 1.0).tolist() == [0, 1, 2, 3, 4]
 
 
 def test_label_spreading_labels_two_separated_clusters_from_one_label_each():
@@ -134,7 +139,7 @@ def test_label_spreading_labels_two_separated_clusters_from_one_label_each():
     a = torch.randn(30, 2, generator=g) * 0.1
     b = torch.randn(30, 2, generator=g) * 0.1 + torch.tensor([5.0, 5.0])
     z_lab, y_lab = torch.stack([a[0], b[0]]), torch.tensor([3, 7])
-    probs = fewshot.label_spreading(z_lab, y_lab, torch.cat([a[1:], b[1:]]), n_neighbors=5)
+    probs = ex5.label_spreading(z_lab, y_lab, torch.cat([a[1:], b[1:]]), n_neighbors=5)
     assert probs.shape == (58, 10) and torch.allclose(probs.sum(1), torch.ones(58))
     truth = torch.tensor([3] * 29 + [7] * 29)
     # points whose directed 5-NN paths never reach a labelled point know nothing: uniform, never a
@@ -156,8 +161,8 @@ def test_selftrain_never_reads_a_label_beyond_the_labelled_set():
     ae = AutoEncoder(channels=(4, 8))
     out = []
     for f in (full, scrambled):
-        data = fewshot.FewLabelData(full_train=f, train=first_n_subset(f, 20), curve_test=few, test=few)
-        model, hist = ex5.selftrain_fn(args, ae, data, torch.device("cpu"))(seed_everything(0), "t")
+        data = fewshot.FewLabelData(full_train=f, train=first_n(f, 20), curve_test=few, test=few)
+        model, hist = ex5.selftrain_fn(args, ae, data, torch.device("cpu"))(seed_everything(0))
         out.append((hist, predict(model, full.x, torch.device("cpu"))))
     assert _untimed(out[0][0]) == _untimed(out[1][0])
     assert torch.equal(out[0][1], out[1][1])
@@ -214,3 +219,9 @@ def test_seed_flags_mean_what_they_say():
     assert fewshot.resolve_seeds(ns(seeds=[11, 12])) == [11, 12]
     with pytest.raises(UserError, match="duplicates"):
         fewshot.resolve_seeds(ns(seeds=[1, 1]))
+
+
+def test_ex5_scratch_is_ex4s_recipe():
+    """ex5's `scratch` variant is ex4's run, so every ex5-vs-scratch comparison is paired: same recipe."""
+    assert ex5.RECIPE == ex4.RECIPE
+    assert vars(ex4.get_args([])) == {k: v for k, v in vars(ex5.get_args([])).items() if k in vars(ex4.get_args([]))}

@@ -8,15 +8,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-
-from common.data import (DataUnavailableError, TensorData, first_n_subset, index_batches, load_mnist,
-                         random_affine, to_float)
-from common.models import (AutoEncoder, Classifier, Decoder, Encoder, Lab2CNN, LabMLP, SkipMLP,
-                           convT_output_padding)
-from common.train import (CheckpointMismatchError, CriterionLoss, argmax_correct, fit, load_checkpoint, mean_l1,
-                          predict, save_checkpoint, tensor_batches, train_epoch)
-from common.utils import atomic_write, seed_everything, write_json_atomic
 from conftest import DATA_DIR, REPO, assert_figure, load_result, needs_mnist, run_script
+
+from common.data import TensorData, first_n, load_mnist, random_affine, to_float
+from common.models import AutoEncoder, Classifier, Decoder, Encoder, Lab2CNN, LabMLP, SkipMLP, convT_output_padding
+from common.train import Recipe, fit, load_checkpoint, mean_l1, predict, save_checkpoint, train_epoch
+from common.utils import UserError, atomic_write, seed_everything, write_json_atomic
 
 
 # ----------------------------------------------------------------------------- models
@@ -91,14 +88,12 @@ def test_mnist_is_byte_exact():
 @needs_mnist
 def test_first_100_subset_is_exactly_indices_0_to_99():
     from torchvision.datasets import MNIST
-    ds = MNIST(str(DATA_DIR), train=True)
-    sub = first_n_subset(ds, 100)
-    assert torch.equal(torch.as_tensor(sub.indices), torch.arange(100))
-    t = load_mnist(DATA_DIR, train=True)
-    few = first_n_subset(t, 100)
-    assert torch.equal(few.y, ds.targets[:100]) and torch.equal(few.x, t.x[:100])
-    with pytest.raises(ValueError):
-        first_n_subset(few, 101)
+    from torchvision.transforms.functional import pil_to_tensor
+    reference = torch.utils.data.Subset(MNIST(str(DATA_DIR), train=True), torch.arange(100))  # the assignment's
+    few = first_n(load_mnist(DATA_DIR, train=True), 100)
+    assert torch.equal(few.index, torch.arange(100))
+    assert few.y.tolist() == [label for _, label in reference]
+    assert torch.equal((few.x * 255).round().to(torch.uint8), torch.stack([pil_to_tensor(im) for im, _ in reference]))
 
 
 def test_missing_data_raises_clear_error(tmp_path, monkeypatch):
@@ -107,7 +102,7 @@ def test_missing_data_raises_clear_error(tmp_path, monkeypatch):
     def offline(self):
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)
-    with pytest.raises(DataUnavailableError) as err:
+    with pytest.raises(UserError) as err:
         load_mnist(tmp_path / "empty", train=True)
     assert "DATA_DIR" in str(err.value) and "--data-dir" in str(err.value)
 
@@ -133,13 +128,6 @@ def test_invalid_cli_values_are_rejected(bad, capsys):
     assert ex1_autoencoder.get_args([]).epochs > 0  # the defaults themselves parse
 
 
-def test_index_batches_cover_every_example_once():
-    g = torch.Generator().manual_seed(0)
-    batches = list(index_batches(10, 3, g))
-    assert [len(b) for b in batches] == [3, 3, 3, 1]
-    assert sorted(torch.cat(batches).tolist()) == list(range(10))
-
-
 def test_random_affine_identity_and_shift():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(4, 1, 28, 28)
@@ -158,69 +146,52 @@ def test_fit_decreases_loss_on_a_memorisable_set():
     data = _tiny_data()
     gen = seed_everything(0)
     model = Classifier(channels=(8, 16))
-    hist = fit(model, data, data, epochs=15, lr=1e-2, batch_size=16, gen=gen, device=torch.device("cpu"),
-               desc="t")
+    hist = fit(model, data, data, Recipe(epochs=15, lr=1e-2, batch_size=16), gen=gen)
     assert hist[-1]["train_loss"] < 0.5 * hist[0]["train_loss"]
     assert hist[-1]["train_time_s"] >= hist[0]["train_time_s"] > 0
     assert {"test_loss", "test_acc", "train_acc", "epoch_time_s"} <= hist[-1].keys()
 
 
-def test_resume_continues_exactly(tmp_path):
-    """Kill a run after epoch 2 (its checkpoint is on disk), resume: same result as never stopping."""
-    data, dev = _tiny_data(), torch.device("cpu")
-    kw = dict(epochs=3, lr=1e-2, batch_size=16, device=dev, reconstruct=True, desc="t")
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    """Kill a run in epoch 3 (after epoch 2's checkpoint is on disk), resume: same result as never stopping."""
+    import common.train
+    data, recipe = _tiny_data(), Recipe(epochs=3, lr=1e-2, batch_size=16)
     gen = seed_everything(1)
     straight = AutoEncoder(channels=(4, 8))
-    h1 = fit(straight, data, data, gen=gen, **kw)
+    h1 = fit(straight, data, data, recipe, gen=gen, loss_fn=mean_l1)
 
     class Killed(Exception):
         pass
 
-    def kill_in_epoch_3(row):  # on_epoch runs before that epoch's checkpoint is written
-        if row["epoch"] == 3:
+    calls, evaluate = [], common.train.evaluate
+
+    def killed_in_epoch_3(*args, **kwargs):  # evaluation runs before that epoch's checkpoint is written
+        calls.append(1)
+        if len(calls) == 3:
             raise Killed
+        return evaluate(*args, **kwargs)
 
     ckpt = tmp_path / "ae.pt"
+    monkeypatch.setattr(common.train, "evaluate", killed_in_epoch_3)
     gen = seed_everything(1)
     with pytest.raises(Killed):
-        fit(AutoEncoder(channels=(4, 8)), data, data, gen=gen, ckpt_path=ckpt, on_epoch=kill_in_epoch_3, **kw)
-    assert torch.load(ckpt, weights_only=False)["epoch"] == 2
+        fit(AutoEncoder(channels=(4, 8)), data, data, recipe, gen=gen, loss_fn=mean_l1, ckpt_path=ckpt)
+    monkeypatch.setattr(common.train, "evaluate", evaluate)
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 2
 
     gen = seed_everything(123)  # another seed and init: everything must come from the checkpoint
     resumed = AutoEncoder(channels=(4, 8))
-    h2 = fit(resumed, data, data, gen=gen, ckpt_path=ckpt, resume=True, **kw)
+    h2 = fit(resumed, data, data, recipe, gen=gen, loss_fn=mean_l1, ckpt_path=ckpt, resume=True)
     assert [r["epoch"] for r in h2] == [1, 2, 3]
     assert h2[-1]["train_loss"] == pytest.approx(h1[-1]["train_loss"], rel=1e-6)
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6)
 
 
-def test_train_epoch_takes_any_batch_sampler_and_loss_callable():
-    """The loop as lab_dbvae uses it: batches of unequal size from any iterable, a loss callable; the loss
-    is the mean over examples (weighted by batch size), the accuracy comes from `correct`, and the
-    optimiser and scheduler step once per batch."""
-    model = torch.nn.Linear(1, 1)
-    batches = [(torch.full((3,), 1.0), torch.tensor([1.0, 1.0, 0.0])), (torch.full((1,), 5.0), torch.tensor([1.0]))]
-
-    def loss_fn(m, x, y):  # loss = mean of x (1.0, then 5.0), plus 0 * a parameter so backward works
-        return x.mean() + 0 * m.weight.sum(), x
-
-    class Counter:
-        steps = 0
-
-        def step(self):
-            self.steps += 1
-    opt, sched = Counter(), Counter()
-    opt.zero_grad = lambda set_to_none=True: None
-    stats = train_epoch(model, batches, loss_fn, opt, sched, correct=lambda out, y: ((out > 2).float() == y).sum(),
-                        loss_dtype=torch.float64)
-    assert stats == {"loss": (3 * 1.0 + 1 * 5.0) / 4, "acc": 2 / 4}   # right: (1 > 2) == 0 once, (5 > 2) == 1
-    assert opt.steps == sched.steps == 2 and model.training
-
-
-def test_fit_batches_are_the_index_batches_and_its_loop_is_the_plain_one():
-    """tensor_batches + CriterionLoss + argmax_correct (what fit runs) = the usual hand-written loop."""
-    data, dev = _tiny_data(20), torch.device("cpu")
+def test_train_epoch_is_the_plain_loop():
+    """train_epoch (what fit runs) = the usual hand-written loop over shuffled index batches: same loss
+    (the mean over examples, weighted by batch size), accuracy and weights."""
+    data = _tiny_data(20)
     losses = []
     for way in ("train_epoch", "by hand"):
         torch.manual_seed(0)
@@ -228,8 +199,7 @@ def test_fit_batches_are_the_index_batches_and_its_loop_is_the_plain_one():
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         gen = torch.Generator().manual_seed(3)
         if way == "train_epoch":
-            stats = train_epoch(model, tensor_batches(data, 8, gen, dev), CriterionLoss(torch.nn.functional.cross_entropy),
-                                opt, correct=argmax_correct)
+            stats = train_epoch(model, data, torch.nn.functional.cross_entropy, opt, None, gen, batch_size=8)
         else:
             total, right = 0.0, 0
             for idx in torch.randperm(20, generator=gen).split(8):
@@ -277,7 +247,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 
 def test_checkpoint_of_another_architecture_gives_clear_error(tmp_path):
     save_checkpoint(tmp_path / "x.pt", AutoEncoder(fc=False))
-    with pytest.raises(CheckpointMismatchError, match="architecture"):
+    with pytest.raises(UserError, match="architecture"):
         load_checkpoint(tmp_path / "x.pt", AutoEncoder(fc=True))
 
 
@@ -377,11 +347,10 @@ def test_ex2_shift_test_counts_correct_predictions_per_shift_and_direction():
     assert [p["rate"] for p in r["up"]] == [1.0, 1.0, 1.0] and r["up"][0]["n"] == 4
 
 
-def test_augment_words_read_random_affines_own_defaults():
-    import functools
+def test_affine_words_name_random_affines_own_defaults():
+    """Recipe.augment records the augmentation in words; they must be what random_affine does by default."""
     import inspect
-    from common.data import augment_words, random_affine
+
+    from common.data import AFFINE, random_affine
     d = {k: v.default for k, v in inspect.signature(random_affine).parameters.items()}
-    assert augment_words(None) == "none"
-    assert augment_words(random_affine) == f"shifts ≤ {d['max_shift']:g} px, rotations ≤ {d['max_degrees']:g}°"
-    assert augment_words(functools.partial(random_affine, max_degrees=0.5)).endswith("rotations ≤ 0.5°")
+    assert AFFINE == f"shifts ≤ {d['max_shift']:g} px, rotations ≤ {d['max_degrees']:g}°"

@@ -5,12 +5,12 @@ import argparse
 
 import pytest
 import torch
+from conftest import load_result, needs_mnist, run_script
 
 from common.data import TensorData
 from common.models import Classifier
-from common.train import TensorBoardLog, fit, tensorboard_dir
+from common.train import Recipe, TensorBoardLog, fit, tensorboard_dir
 from common.utils import seed_everything
-from conftest import load_result, needs_mnist, run_script
 
 
 def _read_scalars(log_dir):
@@ -23,9 +23,9 @@ def _read_scalars(log_dir):
 def test_logged_scalars_equal_the_history(tmp_path):
     g = torch.Generator().manual_seed(0)
     data = TensorData(torch.rand(48, 1, 28, 28, generator=g), torch.randint(0, 10, (48,), generator=g))
-    hist = fit(Classifier(channels=(4, 8), hidden=16), data, data, epochs=3, lr=1e-2, batch_size=16,
-               gen=seed_everything(0), device=torch.device("cpu"), eval_every=2, desc="t", log=False,
-               tb_dir=tmp_path / "tb", hparams={"lr": 1e-2, "channels": [4, 8]})
+    gen = seed_everything(0)
+    hist = fit(Classifier(channels=(4, 8), hidden=16), data, data, Recipe(epochs=3, lr=1e-2, batch_size=16, eval_every=2),
+               gen=gen, tb_dir=tmp_path / "tb")
     got = _read_scalars(tmp_path / "tb")
     for key, tag in [("train_loss", "loss/train"), ("train_acc", "acc/train"), ("test_loss", "loss/test"),
                      ("test_acc", "acc/test"), ("lr", "lr")]:
