@@ -1,11 +1,9 @@
-"""MNIST as in-memory tensors, batched by index.
+"""Data as in-memory tensors: MNIST (checked byte for byte), its augmentations, and the labs' photos.
 
-The whole MNIST training set is 60000 x 784 floats = 188 MB: it fits in memory, so we convert it
-once and slice mini-batches with an index tensor. This avoids the per-sample PIL -> ToTensor work and
-the collation of a DataLoader, which dominate the step time of small models on a CPU.
-
-The labs' photo data sets (UTKFace, Imagenette, the MIT faces) share the rest: image decoding into
-uint8 tensors, the uint8 -> float conversion per batch (to_float), and Imagenette's folder and classes.
+The whole MNIST training set is 60000 x 784 floats = 188 MB: it fits in memory, so it is converted once
+and mini-batches are sliced with an index tensor, without the per-sample PIL -> ToTensor work and the
+collation of a DataLoader that dominate the step time of small models on a CPU. The labs' photos
+(UTKFace, Imagenette, the MIT faces) are decoded once into uint8 tensors and converted per batch.
 """
 from __future__ import annotations
 
@@ -42,25 +40,13 @@ def missing_data_message(what: str, root: Path, cause: BaseException | None = No
             f"(in this course's sandbox, from the repository root: DATA_DIR=../shared/data).")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def verify_mnist_files(raw: Path, names) -> None:
-    """Raise UserError for the first of `names` in `raw` whose SHA-256 is not the known one."""
+    """One clear line for the first of `names` in `raw` whose SHA-256 is not the known one."""
     for name in names:
-        path = raw / name
-        got = sha256_file(path)
+        got = hashlib.sha256((raw / name).read_bytes()).hexdigest()  # 47 MB at most: read at once
         if got != MNIST_SHA256[name]:
-            raise UserError(
-                f"corrupted: {path}, expected sha256 {MNIST_SHA256[name]}, got {got} "
-                f"({path.stat().st_size:,} bytes); delete it and download MNIST again, or point "
-                f"--data-dir / DATA_DIR at an intact copy")
-
+            raise UserError(f"corrupted: {raw / name}, expected sha256 {MNIST_SHA256[name]}, got {got}; delete "
+                            f"it and download MNIST again, or point --data-dir / DATA_DIR at an intact copy")
 
 
 @dataclass
@@ -154,7 +140,6 @@ def to_float(x: torch.Tensor, device=None) -> torch.Tensor:
 
 IMAGENETTE_DIR = "imagenette2-160"  # Imagenette v2, 160 px files: <data dir>/imagenette2-160/{train,val}/<wnid>/
 # The ten classes, WordNet id -> name, in the official order (sorted ids, as torchvision.datasets.Imagenette).
-# lab_cam trains on all ten; lab_dbvae takes the ones without people as its non-faces (common.dbvae.NEG_CLASSES).
 IMAGENETTE_CLASSES = {
     "n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player",
     "n03000684": "chain saw", "n03028079": "church", "n03394916": "French horn",
@@ -168,8 +153,7 @@ def imagenette_root(data_dir: str | Path) -> Path:
 
 
 def imagenette_split(data_dir: str | Path, split: str) -> Path:
-    """The folder of one Imagenette split ('train' or 'val'); a missing one stops the run with one line
-    naming DATA_DIR and --data-dir (missing_data_message)."""
+    """The folder of one Imagenette split ('train' or 'val'); a missing one is one clear line."""
     root = imagenette_root(data_dir)
     if not (root / split).is_dir():
         raise UserError(missing_data_message(f"Imagenette ({IMAGENETTE_DIR})", root))
@@ -177,62 +161,49 @@ def imagenette_split(data_dir: str | Path, split: str) -> Path:
 
 
 def require_images(folder: str | Path, pattern: str, what: str) -> list[Path]:
-    """The files in `folder` matching `pattern`, sorted; a missing folder or one without a match stops
-    the run with one line naming the folder and what it should hold (`what`, e.g. "UTKFace face
-    photos named age_gender_race_date.jpg.chip.jpg")."""
+    """The files in `folder` matching `pattern`, sorted; a missing folder or one without a match is one
+    clear line naming the folder and `what` it should hold."""
     folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise UserError(missing_data_message(what, folder))
-    files = sorted(folder.glob(pattern))
+    files = sorted(folder.glob(pattern)) if folder.is_dir() else []
     if not files:
-        raise UserError(f"'{folder}' holds no {pattern} files; it should hold {what}. Point "
-                                   f"--data-dir / DATA_DIR at a complete copy of the data")
+        raise UserError(missing_data_message(what, folder))
     return files
 
 
 def decode_images(paths, size: int, bar=None, skipped: list | None = None) -> torch.Tensor:
-    """Image files (JPEG/PNG) -> one uint8 tensor (N, 3, size, size), for the labs' photo data sets.
+    """Image files (JPEG/PNG) -> one uint8 tensor (N, 3, size, size): the shorter side resized to `size`
+    (antialiased), then a centre crop, so nothing is distorted. Kept uint8 (12 KB per 64x64 image).
 
-    Shorter side resized to `size` (antialiased), then a centre crop: no distortion. Decoded with Pillow
-    (torchvision.io's decoders are deprecated since torchvision 0.29). Images of one shape are resized as
-    one batch, which uses torchvision's fast uint8 path; square inputs already at `size` are copied.
-    Kept uint8 (12 KB per 64x64 image) and converted to float per batch.
-
-    Unreadable files (corrupt, truncated, not an image) are skipped and counted, never a traceback:
-    with a `skipped` list, their paths are appended to it, one line says how many were skipped, and the
-    tensor holds only the decodable images, in order (N = len(paths) - number skipped; the caller drops
-    the labels of the skipped paths and records the count in its results). Without `skipped` the caller
-    cannot re-align its labels, so the first unreadable file stops the run (UserError, one line
-    naming the file).
+    An unreadable file (corrupt, truncated, not an image) never ends in a traceback: with a `skipped` list
+    its path is appended there and the tensor holds only the decodable images, in order (the caller drops
+    their labels); without one, the first unreadable file stops the run with one line naming it.
     """
     import numpy as np
     from PIL import Image
     from torchvision.transforms.v2.functional import center_crop, resize
 
-    imgs, bad, n = [], [], 0
-    for n, p in enumerate(paths, 1):
+    imgs, bad = [], []
+    for p in paths:
         try:
             with Image.open(p) as im:
-                imgs.append(np.asarray(im.convert("RGB")))                 # (h, w, 3) uint8
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            # UnidentifiedImageError and "image file is truncated" are OSErrors
+                imgs.append(np.asarray(im.convert("RGB")))                  # (h, w, 3) uint8
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # truncated: OSError
             if skipped is None:
-                raise UserError(f"corrupted image: {p} ({describe_exception(exc)}); delete or "
-                                       f"replace it") from exc
+                raise UserError(f"corrupted image: {p} ({describe_exception(exc)}); delete or replace it") from None
             bad.append((p, exc))
         if bar is not None:
             bar.update(1)
     if bad:
         skipped.extend(p for p, _ in bad)
-        print(f"warning: skipped {len(bad)} unreadable image(s) of {n}, first {bad[0][0]} "
+        print(f"warning: skipped {len(bad)} unreadable image(s) of {len(imgs) + len(bad)}, first {bad[0][0]} "
               f"({describe_exception(bad[0][1])})")
     out = torch.empty(len(imgs), 3, size, size, dtype=torch.uint8)
-    by_shape: dict[tuple, list[int]] = {}
+    by_shape: dict[tuple, list[int]] = {}  # images of one shape are resized as one batch (torchvision's uint8 path)
     for i, img in enumerate(imgs):
         by_shape.setdefault(img.shape, []).append(i)
     for (h, w, _), idx in by_shape.items():
         batch = torch.from_numpy(np.stack([imgs[i] for i in idx])).permute(0, 3, 1, 2)  # (n, 3, h, w)
         if min(h, w) != size:
-            batch = resize(batch, [size], antialias=True)                   # shorter side -> size
-        out[idx] = center_crop(batch, [size, size])                         # no-op when square
+            batch = resize(batch, [size], antialias=True)                    # shorter side -> size
+        out[idx] = center_crop(batch, [size, size])                          # no-op when square
     return out

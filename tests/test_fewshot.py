@@ -213,7 +213,8 @@ def test_ex3_smoke(tmp_path):
 
 
 def test_seed_flags_mean_what_they_say():
-    ns = lambda **kw: argparse.Namespace(**{"seed": 0, "n_seeds": 10, "seeds": None, **kw})
+    def ns(**kw):
+        return argparse.Namespace(**{"seed": 0, "n_seeds": 10, "seeds": None, **kw})
     assert fewshot.resolve_seeds(ns()) == list(range(10))
     assert fewshot.resolve_seeds(ns(seed=7, n_seeds=3)) == [7, 8, 9]   # --seed is the first seed
     assert fewshot.resolve_seeds(ns(seeds=[11, 12])) == [11, 12]

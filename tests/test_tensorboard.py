@@ -24,8 +24,8 @@ def test_logged_scalars_equal_the_history(tmp_path):
     g = torch.Generator().manual_seed(0)
     data = TensorData(torch.rand(48, 1, 28, 28, generator=g), torch.randint(0, 10, (48,), generator=g))
     gen = seed_everything(0)
-    hist = fit(Classifier(channels=(4, 8), hidden=16), data, data, Recipe(epochs=3, lr=1e-2, batch_size=16, eval_every=2),
-               gen=gen, tb_dir=tmp_path / "tb")
+    recipe = Recipe(epochs=3, lr=1e-2, batch_size=16, eval_every=2)
+    hist = fit(Classifier(channels=(4, 8), hidden=16), data, data, recipe, gen=gen, tb_dir=tmp_path / "tb")
     got = _read_scalars(tmp_path / "tb")
     for key, tag in [("train_loss", "loss/train"), ("train_acc", "acc/train"), ("test_loss", "loss/test"),
                      ("test_acc", "acc/test"), ("lr", "lr")]:
