@@ -19,8 +19,8 @@ SMOKE_TRAIN, SMOKE_TEST = 1024, 500  # --smoke: images of the unlabelled pool an
 
 def add_args(p: argparse.ArgumentParser, recipe: Recipe, *, runs_dir: bool) -> argparse.ArgumentParser:
     """The command-line flags of ex4 and ex5, with `recipe` (the script's own) as defaults."""
-    add_common_args(p, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, runs_dir=runs_dir,
-                    resume=False)
+    add_common_args(p, epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, schedule=recipe.schedule,
+                    runs_dir=runs_dir, resume=False)
     add_model_args(p)
     p.add_argument("--train-images", type=positive_int, default=100,
                    help="labelled training images: the first N of MNIST's training set (default 100)")

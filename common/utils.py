@@ -85,15 +85,17 @@ learning_rate = number(float, 0.0, 1.0, lo_open=True)  # larger ones only produc
 
 
 def add_common_args(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, lr: float,
-                    runs_dir: bool = True, resume: bool = True, threads: int = 0) -> argparse.ArgumentParser:
-    """The flags every experiment script shares, with the script's own recipe as defaults. `runs_dir`: the
-    script reads or writes checkpoints; `resume`: it can continue an interrupted run."""
+                    schedule: str = "onecycle", runs_dir: bool = True, resume: bool = True,
+                    threads: int = 0) -> argparse.ArgumentParser:
+    """The flags every experiment script shares, with the script's own recipe as defaults. `schedule`: how the
+    learning rate moves; `runs_dir`: the script reads or writes checkpoints; `resume`: it can continue an
+    interrupted run."""
     g = parser.add_argument_group("common")
     g.add_argument("--epochs", type=positive_int, default=epochs, help=f"training epochs (default {epochs})")
     g.add_argument("--batch-size", type=positive_int, default=batch_size,
                    help=f"mini-batch size (default {batch_size})")
-    g.add_argument("--lr", type=learning_rate, default=lr,
-                   help=f"learning rate: the peak of a one-cycle schedule, or the constant rate (default {lr:g})")
+    what = "peak learning rate of the one-cycle schedule" if schedule == "onecycle" else "constant learning rate"
+    g.add_argument("--lr", type=learning_rate, default=lr, help=f"{what} (default {lr:g})")
     g.add_argument("--seed", type=seed_int, default=0, help="random seed of the training run (default 0)")
     add_io_args(g)
     if runs_dir:
