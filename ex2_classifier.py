@@ -73,6 +73,18 @@ def shift_test(model, test, shifts: list[int], device) -> dict:
     return out
 
 
+def shift_experiment(args, main_model, other_model, test, device, fig_dir) -> dict:
+    """Q2(d): both classifiers (trained with and without augmentation) on the first --shift-images test
+    digits shifted by 0..--shift-max pixels in every direction; the figure and the results entry."""
+    this, other = ("with", "without") if args.augment else ("without", "with")
+    shifts, sub = list(range(args.shift_max + 1)), first_n(test, args.shift_images)
+    models = {f"{this} augmentation": main_model, f"{other} augmentation": other_model}
+    curves = {k: shift_test(m, sub, shifts, device) for k, m in models.items()}
+    shift_curves(curves, shifts, fig_dir / "ex2_shift.png",
+                 f"ex2 classifier: accuracy on the first {len(sub):,} test digits shifted by 0-{args.shift_max} px")
+    return {"shifts_px": shifts, "test_size": len(sub), "fill": "zeros", "models": curves}
+
+
 def main(argv=None) -> dict:
     args = get_args(argv)
     fig_dir, res_dir, runs_dir, device = setup(args)
@@ -106,18 +118,12 @@ def main(argv=None) -> dict:
         results["baselines"][name] = train_one(name, BASELINES[name](), f"ex2_{name}.pt", baseline_recipe)
 
     if args.shift_max:  # Q2(d) measured: the same classifier and recipe, trained with and without augmentation
-        this, other = ("with", "without") if args.augment else ("without", "with")
+        other = "without" if args.augment else "with"
         other_model = classifier()
         results["other_augment"] = train_one(f"encoder+MLP {other} augmentation", other_model,
                                              "ex2_classifier_other_augment.pt",
                                              dataclasses.replace(recipe, augment="none" if args.augment else AFFINE))
-        shifts = list(range(args.shift_max + 1))
-        sub = first_n(test, args.shift_images)
-        models = {f"{this} augmentation": main_model, f"{other} augmentation": other_model}
-        results["shift_test"] = {"shifts_px": shifts, "test_size": len(sub), "fill": "zeros",
-                                 "models": {k: shift_test(m, sub, shifts, device) for k, m in models.items()}}
-        shift_curves(results["shift_test"]["models"], shifts, fig_dir / "ex2_shift.png",
-                     f"ex2 classifier: accuracy on the first {len(sub):,} test digits shifted by 0-{args.shift_max} px")
+        results["shift_test"] = shift_experiment(args, main_model, other_model, test, device, fig_dir)
 
     plot_curves({"encoder+MLP": ours["history"]}, fig_dir / "ex2_curves.png",
                 f"ex2 classifier (encoder d={args.latent_dim} + MLP): loss and accuracy per epoch", logy_loss=True)

@@ -44,6 +44,8 @@ from common.utils import (
 # The decoder's recipe: AdamW + one-cycle, batch 128, over all 60,000 training images; only the decoder learns.
 RECIPE = Recipe(epochs=4, lr=3e-3, batch_size=128)
 N_CLASSES = 10
+STAT_KEYS = {"within_class": "within", "between_class": "between", "between_within_ratio": "ratio",
+             "min_between_class": "min_between", "per_class_within": "per_class_within"}  # JSON key -> latent_stats
 
 
 def get_args(argv=None) -> argparse.Namespace:
@@ -68,9 +70,9 @@ def prerequisite(name: str, what: str, recipe: Recipe, loss_fn, model, args, tra
     path = runs_dir / f"{name}.pt"
 
     def train_here(model):
-        fit(model.to(device), train, test, recipe, gen=seed_everything(args.seed), loss_fn=loss_fn, ckpt_path=path)
+        fit(model, train, test, recipe, gen=seed_everything(args.seed), loss_fn=loss_fn, ckpt_path=path)
 
-    return load_or_train(path, model, train_here, what, recipe, len(train)).to(device)
+    return load_or_train(path, model.to(device), train_here, what, recipe, len(train))
 
 
 def classifier_decoder(classifier: Classifier, latent_dim: int, channels) -> EncoderDecoder:
@@ -137,11 +139,11 @@ def main(argv=None) -> dict:
     # ---- prerequisites: the ex2 classifier and the ex1 conv+FC autoencoder, with their own recipes
     seed_everything(args.seed)
     cls = prerequisite("ex2_classifier", "the ex2 classifier", CLASSIFIER_RECIPE, cross_entropy,
-                       Classifier(args.latent_dim, args.channels, hidden=args.hidden), args, train, test, runs_dir,
-                       device)
+                       Classifier(args.latent_dim, args.channels, hidden=args.hidden), args, train, test, runs_dir, device)
     seed_everything(args.seed)
     ae = prerequisite("ex1_conv_fc", "the ex1 conv+FC autoencoder", AE_RECIPE, mean_l1,
-                      AutoEncoder(args.latent_dim, args.channels, fc=True), args, train, test, runs_dir, device)
+                      AutoEncoder(args.latent_dim, args.channels, fc=True), args, train, test, runs_dir,
+                      device)
 
     # ---- train only the decoder on top of the frozen classifier encoder
     gen = seed_everything(args.seed)
@@ -161,11 +163,7 @@ def main(argv=None) -> dict:
                "recipe": dataclasses.asdict(recipe),
                "ae_test_l1": l1["ae"], "cls_decoder_test_l1": l1["cls"],
                "silhouette": sil, "knn_acc": knn,
-               "within_class": {k: s["within"] for k, s in stats.items()},
-               "between_class": {k: s["between"] for k, s in stats.items()},
-               "between_within_ratio": {k: s["ratio"] for k, s in stats.items()},
-               "min_between_class": {k: s["min_between"] for k, s in stats.items()},
-               "per_class_within": {k: s["per_class_within"] for k, s in stats.items()},
+               **{key: {k: s[stat] for k, s in stats.items()} for key, stat in STAT_KEYS.items()},
                "history": hist, "wall_time_s": time.perf_counter() - t_start}
     path = write_json_atomic(res_dir / "ex3.json", results)
     print("\n latent      | test L1 | within | between | ratio | silhouette | k-NN acc")

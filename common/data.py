@@ -34,8 +34,8 @@ def describe_exception(exc: BaseException) -> str:
 
 def missing_data_message(what: str, root: Path, cause: BaseException | None = None) -> str:
     """One line (run_main prints it after 'error: '), saying where to point the scripts."""
-    why = f" ({describe_exception(cause)})" if cause is not None else ""
-    return (f"{what} not found under '{root}' and it could not be downloaded{why}. "
+    why = f" and it could not be downloaded ({describe_exception(cause)})" if cause is not None else ""
+    return (f"{what} not found under '{root}'{why}. "
             f"Point the scripts at a copy: set DATA_DIR=/path/to/data or pass --data-dir /path/to/data "
             f"(in this course's sandbox, from the repository root: DATA_DIR=../shared/data).")
 

@@ -61,7 +61,7 @@ def load(args: argparse.Namespace) -> FewLabelData:
     train = first_n(full_train, args.train_images)  # exactly indices 0..n-1; train.index records them
     if args.smoke:
         full_train, test = first_n(full_train, SMOKE_TRAIN), first_n(test, SMOKE_TEST)
-        args.epochs, args.eval_every, args.n_seeds = 4, 2, 2
+        args.epochs, args.eval_every, args.n_seeds = 4, 2, min(args.n_seeds, 2)
         args.seeds = args.seeds[:2] if args.seeds else None
     return FewLabelData(full_train, train, first_n(test, args.curve_images), test)
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .data import AFFINE, TensorData, random_affine
 from .stats import summarize
-from .utils import RUNS_DIR, UserError, atomic_write, seed_everything
+from .utils import RUNS_DIR, UserError, atomic_write, native_bf16, seed_everything
 
 EVAL_BATCH = 2000  # images per evaluation batch: one MNIST test pass is 5 batches; memory stays < 1 GB
 
@@ -42,6 +42,16 @@ def mean_l1(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 cross_entropy = nn.functional.cross_entropy
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """--precision auto -> "bf16" where bf16 has native kernels (a CUDA GPU that supports it, a CPU with
+    AVX512-BF16 or AMX), else "fp32": emulated bf16 is slower than fp32."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and native_bf16() else "fp32"
 
 
 def autocast(precision: str, device: torch.device):

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
 import math
 import os
+import platform
 import random
 import shutil
 import sys
@@ -57,6 +59,24 @@ def pick_device(name: str = "auto") -> torch.device:
     if not available[name]:
         raise UserError(f"--device {name} requested but it is not available on this machine (try --device auto)")
     return torch.device(name)
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): elsewhere bf16 is emulated and
+    about 10x slower than fp32. torch's get_cpu_capability() only says AVX2/AVX512, hence torch.cpu's probes."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, p, lambda: False)() for p in probes)
+
+
+def machine() -> dict:
+    """What a result was computed on: results differ slightly between CPU kinds, and timings about 2x."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    return {"cpu": cpu, "cores": os.cpu_count(), "simd": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": native_bf16(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 # ----------------------------------------------------------------------------- command line
