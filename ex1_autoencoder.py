@@ -20,15 +20,7 @@ from common.data import first_n, load_mnist
 from common.models import AE_RECIPE, AutoEncoder, count_parameters
 from common.plots import image_rows, plot_curves
 from common.train import fit, mean_l1, predict, tensorboard_dir
-from common.utils import (
-    add_common_args,
-    add_model_args,
-    run_config,
-    run_main,
-    seed_everything,
-    setup,
-    write_json_atomic,
-)
+from common.utils import add_common_args, add_model_args, run_main, seed_everything, setup, write_results
 
 # The recipe: AdamW + one-cycle, batch 128, 6 epochs over all 60,000 images. It lives in common/models.py
 # because ex3 and ex5 train this autoencoder too when runs/ex1_conv_fc.pt is missing.
@@ -94,7 +86,7 @@ def main(argv=None) -> dict:
     recipe = dataclasses.replace(RECIPE, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
     print(f"ex1: {len(train)} train / {len(test)} test images, d={args.latent_dim}, device={device}")
 
-    results = {"name": "ex1", "config": run_config(args), "seed": args.seed, "threads": torch.get_num_threads(),
+    results = {"name": "ex1", "seed": args.seed,
                "recipe": dataclasses.asdict(recipe), "latent_dim": args.latent_dim, "variants": {}, "history": {}}
     recons = {}
     for name in args.variants:
@@ -114,8 +106,7 @@ def main(argv=None) -> dict:
                 f"Autoencoder mean-L1 per epoch (d={args.latent_dim})", metrics=(("loss", "mean L1"),),
                 hlines={f"PCA-{args.latent_dim} test": pca["test_l1"]}, logy_loss=True)
 
-    results["wall_time_s"] = time.perf_counter() - t_start
-    path = write_json_atomic(res_dir / "ex1.json", results)
+    path = write_results(res_dir / "ex1.json", results, args, device, t_start)
     print("\n variant   | test mean-L1 | params")
     for n in args.variants:
         print(f" {n:9s} | {results['variants'][n]['test_l1']:.4f}       | {results['variants'][n]['params']:,}")

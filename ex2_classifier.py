@@ -17,23 +17,12 @@ import argparse
 import dataclasses
 import time
 
-import torch
-
 from common.data import AFFINE, first_n, load_mnist, shift_images
 from common.models import CLASSIFIER_RECIPE, Classifier, Lab2CNN, LabMLP, SkipMLP, count_parameters
 from common.plots import plot_curves, shift_curves
 from common.stats import wilson
 from common.train import fit, predict, tensorboard_dir
-from common.utils import (
-    add_common_args,
-    add_model_args,
-    positive_int,
-    run_config,
-    run_main,
-    seed_everything,
-    setup,
-    write_json_atomic,
-)
+from common.utils import add_common_args, add_model_args, positive_int, run_main, seed_everything, setup, write_results
 
 # The recipe: AdamW + one-cycle, batch 128, 6 epochs over all 60,000 images, random shifts and rotations of
 # the training digits. It lives in common/models.py because ex3 trains this classifier when it is missing.
@@ -85,6 +74,16 @@ def shift_experiment(args, main_model, other_model, test, device, fig_dir) -> di
     return {"shifts_px": shifts, "test_size": len(sub), "fill": "zeros", "models": curves}
 
 
+def write_figures(args, ours: dict, baselines: dict, fig_dir) -> None:
+    """Loss and accuracy per epoch of the classifier, and of the baselines beside it."""
+    plot_curves({"encoder+MLP": ours["history"]}, fig_dir / "ex2_curves.png",
+                f"ex2 classifier (encoder d={args.latent_dim} + MLP): loss and accuracy per epoch", logy_loss=True)
+    if baselines:
+        plot_curves({"encoder+MLP": ours["history"], **{n: b["history"] for n, b in baselines.items()}},
+                    fig_dir / "ex2_baselines.png", "ex2: our classifier vs course baselines (same loop)",
+                    logy_loss=True)
+
+
 def main(argv=None) -> dict:
     args = get_args(argv)
     fig_dir, res_dir, runs_dir, device = setup(args)
@@ -109,7 +108,7 @@ def main(argv=None) -> dict:
 
     main_model = classifier()
     ours = train_one("encoder+MLP", main_model, "ex2_classifier.pt")
-    results = {"name": "ex2", "config": run_config(args), "seed": args.seed, "threads": torch.get_num_threads(),
+    results = {"name": "ex2", "seed": args.seed,
                "recipe": dataclasses.asdict(recipe), "train_size": len(train), "test_size": len(test), **ours,
                "baselines": {}}
     baseline_recipe = dataclasses.replace(recipe, epochs=args.baseline_epochs or args.epochs)
@@ -125,15 +124,9 @@ def main(argv=None) -> dict:
                                              dataclasses.replace(recipe, augment="none" if args.augment else AFFINE))
         results["shift_test"] = shift_experiment(args, main_model, other_model, test, device, fig_dir)
 
-    plot_curves({"encoder+MLP": ours["history"]}, fig_dir / "ex2_curves.png",
-                f"ex2 classifier (encoder d={args.latent_dim} + MLP): loss and accuracy per epoch", logy_loss=True)
-    if args.baselines:
-        plot_curves({"encoder+MLP": ours["history"], **{n: b["history"] for n, b in results["baselines"].items()}},
-                    fig_dir / "ex2_baselines.png", "ex2: our classifier vs course baselines (same loop)",
-                    logy_loss=True)
+    write_figures(args, ours, results["baselines"], fig_dir)
 
-    results["wall_time_s"] = time.perf_counter() - t_start
-    path = write_json_atomic(res_dir / "ex2.json", results)
+    path = write_results(res_dir / "ex2.json", results, args, device, t_start)
     print("\n model        | test acc | params")
     for name, r in [("encoder+MLP", ours), *results["baselines"].items()]:
         print(f" {name:12s} | {100 * r['test_acc']:.2f}%  | {r['params']:,}")

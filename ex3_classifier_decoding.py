@@ -30,16 +30,7 @@ from common.models import AE_RECIPE, CLASSIFIER_RECIPE, AutoEncoder, Classifier,
 from common.plots import digit_panels, scatter_panels
 from common.stats import standardise
 from common.train import Recipe, cross_entropy, fit, load_or_train, mean_l1, predict, tensorboard_dir
-from common.utils import (
-    add_common_args,
-    add_model_args,
-    positive_int,
-    run_config,
-    run_main,
-    seed_everything,
-    setup,
-    write_json_atomic,
-)
+from common.utils import add_common_args, add_model_args, positive_int, run_main, seed_everything, setup, write_results
 
 # The decoder's recipe: AdamW + one-cycle, batch 128, over all 60,000 training images; only the decoder learns.
 RECIPE = Recipe(epochs=4, lr=3e-3, batch_size=128)
@@ -138,8 +129,9 @@ def main(argv=None) -> dict:
 
     # ---- prerequisites: the ex2 classifier and the ex1 conv+FC autoencoder, with their own recipes
     seed_everything(args.seed)
-    cls = prerequisite("ex2_classifier", "the ex2 classifier", CLASSIFIER_RECIPE, cross_entropy,
-                       Classifier(args.latent_dim, args.channels, hidden=args.hidden), args, train, test, runs_dir, device)
+    cls = Classifier(args.latent_dim, args.channels, hidden=args.hidden)
+    cls = prerequisite("ex2_classifier", "the ex2 classifier", CLASSIFIER_RECIPE, cross_entropy, cls, args, train,
+                       test, runs_dir, device)
     seed_everything(args.seed)
     ae = prerequisite("ex1_conv_fc", "the ex1 conv+FC autoencoder", AE_RECIPE, mean_l1,
                       AutoEncoder(args.latent_dim, args.channels, fc=True), args, train, test, runs_dir,
@@ -159,13 +151,13 @@ def main(argv=None) -> dict:
     stats, sil, knn = latent_measurements(codes, train, test, args)
 
     write_figures(test, recon, l1, codes, sil, args, fig_dir)
-    results = {"name": "ex3", "config": run_config(args), "seed": args.seed, "threads": torch.get_num_threads(),
+    results = {"name": "ex3", "seed": args.seed,
                "recipe": dataclasses.asdict(recipe),
                "ae_test_l1": l1["ae"], "cls_decoder_test_l1": l1["cls"],
                "silhouette": sil, "knn_acc": knn,
                **{key: {k: s[stat] for k, s in stats.items()} for key, stat in STAT_KEYS.items()},
-               "history": hist, "wall_time_s": time.perf_counter() - t_start}
-    path = write_json_atomic(res_dir / "ex3.json", results)
+               "history": hist}
+    path = write_results(res_dir / "ex3.json", results, args, device, t_start)
     print("\n latent      | test L1 | within | between | ratio | silhouette | k-NN acc")
     for k, name in (("ae", "AE (ex1)"), ("cls", "classifier")):
         print(f" {name:11s} | {l1[k]:.4f}  | "

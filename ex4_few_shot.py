@@ -16,13 +16,11 @@ import argparse
 import dataclasses
 import time
 
-import torch
-
 from common import fewshot
 from common.models import Classifier, count_parameters
 from common.plots import plot_curves
 from common.train import Recipe, fit, fit_seeds, tensorboard_dir
-from common.utils import run_config, run_main, setup, write_json_atomic
+from common.utils import run_main, setup, write_results
 
 # The 100 images form one full batch, so an epoch is one AdamW step at a constant learning rate and the
 # seeds differ only in the initialisation. Training accuracy reaches 100 % by epoch ~25 and the test
@@ -56,7 +54,7 @@ def main(argv=None) -> dict:
 
     r = fit_seeds(train_one, seeds, data.curve_test, data.test, desc="ex4")
     model = models[0]
-    results = {"name": "ex4", "config": run_config(args), "threads": torch.get_num_threads(),
+    results = {"name": "ex4",
                "recipe": dataclasses.asdict(recipe), "model": model.config,
                "train_indices": data.train.index, "train_labels": data.train.y,
                "train_class_counts": fewshot.class_counts(data.train.y), "params": count_parameters(model), **r}
@@ -65,8 +63,7 @@ def main(argv=None) -> dict:
              f"(test curves on the first {len(data.curve_test)} test images)")
     plot_curves({"from scratch": r["mean_history"]}, fig_dir / "ex4_curves.png", title)
     plot_curves({"from scratch": r["mean_history"]}, fig_dir / "ex4_curves_time.png", title, x="train_time_s")
-    results["wall_time_s"] = time.perf_counter() - t_start
-    path = write_json_atomic(res_dir / "ex4.json", results)
+    path = write_results(res_dir / "ex4.json", results, args, device, t_start)
     fewshot.print_table({"ex4 from scratch": r})
     o = r["overfitting"]
     print(f" over-fitting (mean curve): test loss lowest at epoch {o['epoch_min_test_loss']} (evaluated every "

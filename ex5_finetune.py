@@ -40,16 +40,7 @@ from common.models import AE_RECIPE, AutoEncoder, Classifier
 from common.plots import plot_curves
 from common.stats import paired, standardise
 from common.train import Recipe, fit, fit_seeds, load_or_train, mean_l1, predict, tensorboard_dir
-from common.utils import (
-    fraction,
-    learning_rate,
-    positive_int,
-    run_config,
-    run_main,
-    seed_everything,
-    setup,
-    write_json_atomic,
-)
+from common.utils import fraction, learning_rate, positive_int, run_main, seed_everything, setup, write_results
 
 # ex4's recipe, repeated because the `scratch` variant must be ex4's run (tests/test_fewshot.py checks that
 # the two agree): one full batch of 100 images, one AdamW step per epoch at a constant learning rate.
@@ -209,7 +200,7 @@ def main(argv=None) -> dict:
     names = ["scratch"] + [v for v in args.variants if v != "scratch"]  # the reference runs first
     ae, ae_recipe = (pretrained_autoencoder(args, data, runs_dir, device) if any(VARIANTS[v][0] for v in names)
                      else (None, None))
-    results = {"name": "ex5", "config": run_config(args), "threads": torch.get_num_threads(),
+    results = {"name": "ex5",
                "recipe": dataclasses.asdict(recipe), "model": make_model(args, None, False).config,
                "train_indices": data.train.index, "train_class_counts": fewshot.class_counts(data.train.y),
                "seeds": seeds, "autoencoder_recipe": ae_recipe and dataclasses.asdict(ae_recipe), "variants": {}}
@@ -238,8 +229,7 @@ def main(argv=None) -> dict:
                  f"(test curves on the first {len(data.curve_test)} test images)")
         plot_curves(curves, fig_dir / "ex45_compare.png", title)
         plot_curves(curves, fig_dir / "ex45_compare_time.png", title, x="train_time_s")
-    results["wall_time_s"] = time.perf_counter() - t_start
-    path = write_json_atomic(res_dir / f"{stem}.json", results)
+    path = write_results(res_dir / f"{stem}.json", results, args, device, t_start)
     fewshot.print_table(results["variants"], reference="scratch")
     print(f"wrote {path} ({results['wall_time_s']:.0f} s)")
     return results

@@ -10,8 +10,10 @@ import os
 import platform
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +79,20 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "simd": torch.backends.cpu.get_cpu_capability(),
             "native_bf16": native_bf16(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def provenance(device: torch.device, precision: str = "fp32") -> dict:
+    """What made a result: the code's commit (dirty: tracked .py files differed from it), the machine, the
+    device and the precision. Results are reproducible per commit and CPU kind, not across kinds."""
+    def git(*cmd: str) -> str:
+        try:
+            out = subprocess.run(["git", *cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+            return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):  # no git, or not a checkout: the record says None
+            return ""
+    commit = git("rev-parse", "HEAD") or None
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", "*.py")) if commit else None
+    return {"commit": commit, "dirty": dirty, **machine(), "device": str(device), "precision": precision}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -226,3 +242,10 @@ def write_json_atomic(path: Path, obj) -> Path:
 def run_config(args: argparse.Namespace) -> dict:
     """The argparse namespace as a JSON-friendly dict (paths relative to the repo)."""
     return _jsonable(vars(args))
+
+
+def write_results(path: Path, results: dict, args, device, t_start: float, precision: str = "fp32") -> Path:
+    """The results JSON, with what made it: the run's flags, the provenance and the wall time."""
+    results.update(config=run_config(args), provenance=provenance(device, precision),
+                   wall_time_s=time.perf_counter() - t_start)
+    return write_json_atomic(path, results)
