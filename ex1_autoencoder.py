@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from common.data import first_n, load_mnist
+from common.data import load_mnist_splits
 from common.models import AE_RECIPE, AutoEncoder, count_parameters
 from common.plots import image_rows, plot_curves
 from common.train import fit, mean_l1, predict, tensorboard_dir
@@ -80,10 +80,9 @@ def main(argv=None) -> dict:
     args = get_args(argv)
     fig_dir, res_dir, runs_dir, device = setup(args)
     t_start = time.perf_counter()
-    train, test = load_mnist(args.data_dir, train=True), load_mnist(args.data_dir, train=False)
-    if args.smoke:
-        train, test, args.epochs = first_n(train, 1024), first_n(test, 256), 1
-    recipe = dataclasses.replace(RECIPE, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
+    train, test = load_mnist_splits(args)
+    args.epochs = 1 if args.smoke else args.epochs
+    recipe = RECIPE.override(args)
     print(f"ex1: {len(train)} train / {len(test)} test images, d={args.latent_dim}, device={device}")
 
     results = {"name": "ex1", "seed": args.seed,

@@ -17,7 +17,7 @@ import argparse
 import dataclasses
 import time
 
-from common.data import AFFINE, first_n, load_mnist, shift_images
+from common.data import AFFINE, first_n, load_mnist_splits, shift_images
 from common.models import CLASSIFIER_RECIPE, Classifier, Lab2CNN, LabMLP, SkipMLP, count_parameters
 from common.plots import plot_curves, shift_curves
 from common.stats import wilson
@@ -88,11 +88,10 @@ def main(argv=None) -> dict:
     args = get_args(argv)
     fig_dir, res_dir, runs_dir, device = setup(args)
     t_start = time.perf_counter()
-    train, test = load_mnist(args.data_dir, train=True), load_mnist(args.data_dir, train=False)
+    train, test = load_mnist_splits(args)
     if args.smoke:
-        train, test, args.epochs, args.baseline_epochs = first_n(train, 1024), first_n(test, 256), 1, 1
-    recipe = dataclasses.replace(RECIPE, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                                 augment=AFFINE if args.augment else "none")
+        args.epochs, args.baseline_epochs = 1, 1
+    recipe = dataclasses.replace(RECIPE.override(args), augment=AFFINE if args.augment else "none")
     print(f"ex2: {len(train)} train / {len(test)} test images, device={device}, augment={args.augment}")
 
     def train_one(name, model, ckpt, recipe=recipe):

@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from common.data import first_n, load_mnist
+from common.data import load_mnist_splits
 from common.models import AE_RECIPE, CLASSIFIER_RECIPE, AutoEncoder, Classifier, Decoder, EncoderDecoder
 from common.plots import digit_panels, scatter_panels
 from common.stats import standardise
@@ -121,11 +121,10 @@ def main(argv=None) -> dict:
     args = get_args(argv)
     fig_dir, res_dir, runs_dir, device = setup(args)
     t_start = time.perf_counter()
-    train, test = load_mnist(args.data_dir, train=True), load_mnist(args.data_dir, train=False)
+    train, test = load_mnist_splits(args, smoke_test=500)
     if args.smoke:
-        train, test = first_n(train, 1024), first_n(test, 500)
         args.epochs, args.pretrain_epochs, args.tsne_images = 1, 1, 200
-    recipe = dataclasses.replace(RECIPE, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
+    recipe = RECIPE.override(args)
 
     # ---- prerequisites: the ex2 classifier and the ex1 conv+FC autoencoder, with their own recipes
     seed_everything(args.seed)

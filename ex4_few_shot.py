@@ -40,8 +40,7 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     data = fewshot.load(args)
     seeds = fewshot.resolve_seeds(args)
-    recipe = dataclasses.replace(RECIPE, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                                 weight_decay=args.weight_decay, eval_every=args.eval_every)
+    recipe = RECIPE.override(args)
     print(f"ex4: {len(data.train)} labelled training images (indices {data.train.index[0]}..{data.train.index[-1]}), "
           f"curves on {len(data.curve_test)} test images, final metrics on {len(data.test)}, seeds {seeds}, "
           f"device={device}")

@@ -195,8 +195,7 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     data = fewshot.load(args)
     seeds = fewshot.resolve_seeds(args)
-    recipe = dataclasses.replace(RECIPE, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                                 weight_decay=args.weight_decay, eval_every=args.eval_every)
+    recipe = RECIPE.override(args)
     names = ["scratch"] + [v for v in args.variants if v != "scratch"]  # the reference runs first
     ae, ae_recipe = (pretrained_autoencoder(args, data, runs_dir, device) if any(VARIANTS[v][0] for v in names)
                      else (None, None))

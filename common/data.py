@@ -89,6 +89,15 @@ def load_mnist(data_dir: str | Path, train: bool) -> TensorData:
     return TensorData(x, ds.targets.long())
 
 
+SMOKE_TRAIN = 1024  # --smoke: the first 1024 training images (seconds per epoch)
+
+
+def load_mnist_splits(args, smoke_test: int = 256) -> tuple[TensorData, TensorData]:
+    """(train, test) from args.data_dir; --smoke keeps the first SMOKE_TRAIN and `smoke_test` of them."""
+    train, test = load_mnist(args.data_dir, train=True), load_mnist(args.data_dir, train=False)
+    return (first_n(train, SMOKE_TRAIN), first_n(test, smoke_test)) if args.smoke else (train, test)
+
+
 def first_n(data: TensorData, n: int) -> TensorData:
     """The first n examples, indices 0..n-1 (the same as Subset(train, torch.arange(n))); data.index records
     them. Also the tiny slices of --smoke runs (not class-balanced: they only check that a script runs)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -34,6 +34,13 @@ class Recipe:
     schedule: str = "onecycle"  # "onecycle" (Smith & Topin 2019: warm-up, then annealing per step) or "constant"
     eval_every: int = 1        # epochs between test evaluations (the last epoch is always evaluated)
     augment: str = "none"      # "none", or data.AFFINE: random shifts and rotations of every training batch
+
+    def override(self, args) -> "Recipe":
+        """This recipe with the values given on the command line (flags named like the fields)."""
+        return replace(self, **{k: v for k, v in vars(args).items() if k in NUMERIC_FIELDS})
+
+
+NUMERIC_FIELDS = ("epochs", "lr", "batch_size", "weight_decay", "eval_every")  # what flags may override
 
 
 def mean_l1(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
