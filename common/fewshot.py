@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import TensorData, first_n, load_mnist_splits
+from .data import SMOKE_TRAIN, TensorData, first_n, load_mnist
 from .train import Recipe
 from .utils import UserError, add_common_args, add_model_args, fraction, number, positive_int, seed_int
 
@@ -55,11 +55,12 @@ class FewLabelData:
 
 def load(args: argparse.Namespace) -> FewLabelData:
     """The few-label data; --smoke also shrinks the run to 4 epochs and 2 seeds."""
-    full_train, test = load_mnist_splits(args, smoke_test=SMOKE_TEST)
+    full_train, test = load_mnist(args.data_dir, train=True), load_mnist(args.data_dir, train=False)
     if args.train_images > len(full_train):
         raise UserError(f"--train-images {args.train_images} is more than the {len(full_train)} MNIST training images")
     train = first_n(full_train, args.train_images)  # exactly indices 0..n-1; train.index records them
     if args.smoke:
+        full_train, test = first_n(full_train, SMOKE_TRAIN), first_n(test, SMOKE_TEST)
         args.epochs, args.eval_every, args.n_seeds = 4, 2, min(args.n_seeds, 2)
         args.seeds = args.seeds[:2] if args.seeds else None
     return FewLabelData(full_train, train, first_n(test, args.curve_images), test)
