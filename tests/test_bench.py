@@ -2,18 +2,19 @@
 a fake clock (so a wrong formula, not a slow machine, is what fails), and its --smoke mode."""
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import needs_mnist
 from torch import nn
 
 from common import bench
-from common.bench import matmul_gflops, run_baseline, run_ours, train_flops_per_image
+from common.bench import interleaved, matmul_peak, run_baseline, run_ours, train_flops_per_image
 from common.data import TensorData
 from common.models import LabMLP
 from common.train import cross_entropy, mean_l1
-from conftest import needs_mnist
 
 
 def test_flop_count_of_an_mlp_matches_the_closed_form():
@@ -47,69 +48,89 @@ class FakeClock:
         return self.now
 
 
-def test_matmul_gflops_counts_2n3_flops_per_product(monkeypatch):
-    """With a clock that says every product took 1 ms, an n x n matmul is 2 n^3 flops in 1e-3 s."""
+def test_matmul_peak_counts_2n3_flops_per_product_and_keeps_the_best_size(monkeypatch):
+    """With a clock that says every product took 1 ms, an n x n matmul is 2 n^3 flops in 1e-3 s; the larger
+    size does more flops in the same time, so it is the peak."""
     monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=FakeClock(1e-3).perf_counter))
-    n = 64
-    assert matmul_gflops(n=n, seconds=0.05) == pytest.approx(2 * n ** 3 / 1e-3 / 1e9)
+    r = matmul_peak(sizes=(32, 64), seconds=0.05)
+    assert r["by_size_gflops"] == {str(n): pytest.approx(2 * n ** 3 / 1e-3 / 1e9) for n in (32, 64)}
+    assert r["best_gflops"] == r["by_size_gflops"]["64"]
 
 
 def test_throughput_is_images_trained_per_second(monkeypatch):
-    """Both loops report images / elapsed seconds for exactly steps * batch images, and really train."""
+    """Both loops report images / elapsed seconds for exactly steps * batch timed images (the untimed
+    first step aside), and really train."""
     g = torch.Generator().manual_seed(0)
     data = TensorData(torch.rand(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
     monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=FakeClock(2.0).perf_counter))
     model = LabMLP()
     before = [p.detach().clone() for p in model.parameters()]
-    assert run_ours(model, data, cross_entropy, 3, 8, False, g) == pytest.approx(3 * 8 / 2.0)
+    assert run_ours(model, data, cross_entropy, 3, 8, g) == pytest.approx(3 * 8 / 2.0)
     assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))  # every layer was updated
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data.x, data.y), batch_size=8)
-    assert run_baseline(LabMLP(), loader, cross_entropy, 5, False) == pytest.approx(5 * 8 / 2.0)
+    dataset = torch.utils.data.TensorDataset(data.x, data.y)
+    assert run_baseline(LabMLP(), dataset, cross_entropy, 5, 8) == pytest.approx(5 * 8 / 2.0)
+
+
+def test_rounds_interleave():
+    order = []
+    runs = interleaved({k: (lambda r, k=k: order.append(k) or 10.0 * r + len(order)) for k in "ab"}, 2, "test")
+    assert order == ["a", "b", "a", "b"] and runs == {"a": [1.0, 13.0], "b": [2.0, 14.0]}
 
 
 @pytest.mark.slow
 @needs_mnist
 def test_bench_smoke_writes_structured_json(tmp_path, data_dir):
     r = bench.main(["--smoke", "--out-dir", str(tmp_path), "--data-dir", str(data_dir)])
-    assert (tmp_path / "results" / "bench.json").exists()
+    assert json.loads((tmp_path / "results" / "bench.json").read_text())["ae"]["steps"] == 3
     assert r["matmul_gflops"] > 0
     for name in ("ae", "classifier"):
         m = r[name]
         assert m["ours_img_s"] > 0 and m["baseline_img_s"] > 0  # both paths trained
-        assert len(m["ours_runs_img_s"]) == len(m["baseline_runs_img_s"]) == r["config"]["repeats"] == 1
+        assert m["speedup"] == pytest.approx(m["ours_img_s"] / m["baseline_img_s"])
+        assert all(len(v) == r["config"]["repeats"] == 1 for v in m["runs_img_s"].values())
         assert m["train_flops_per_img"] > 0 and m["steps"] == 3
-    assert set(r["ae"]["options"]) == {"plain", "channels_last", "bf16_autocast"}
-    assert r["ae"]["options"]["plain"]["ratio_vs_plain"] == pytest.approx(1.0)
-    peak = r["matmul_peak"]  # one peak measurement per round of each model, interleaved with the model runs
-    assert len(peak["round_best_gflops"]) == 2 and peak["best_gflops"] == max(peak["round_best_gflops"])
-    assert r["ae"]["frac_of_matmul_peak"] == pytest.approx(r["ae"]["achieved_gflops"] / peak["best_gflops"])
+    ae = r["ae"]
+    assert set(ae["options"]) == {"channels_last", "bf16_autocast"} and r["classifier"]["options"] == {}
+    assert set(ae["runs_img_s"]) == {"plain", "channels_last", "bf16_autocast", "baseline"}
+    cl = ae["options"]["channels_last"]
+    assert cl["ratio_vs_plain"] == pytest.approx(cl["img_s"] / ae["ours_img_s"])
+    peak = r["matmul_peak"]  # one peak measurement per round, interleaved with the model runs
+    assert len(peak["round_best_gflops"]) == 1 and peak["best_gflops"] == max(peak["round_best_gflops"])
+    assert ae["frac_of_matmul_peak"] == pytest.approx(ae["achieved_gflops"] / peak["best_gflops"])
+    assert ae["achieved_gflops"] == pytest.approx(ae["train_flops_per_img"] * ae["ours_img_s"] / 1e9)
+    assert r["machine"]["simd"] == torch.backends.cpu.get_cpu_capability()
+    assert not [s for s in strings(r) if len(s.split()) > 4], "prose in the results JSON"
 
 
-def test_matmul_peak_is_the_best_over_sizes(monkeypatch):
-    fake = {512: 50.0, 1024: 80.0, 1536: 70.0, 2048: 65.0}
-    monkeypatch.setattr(bench, "matmul_gflops", lambda n, seconds: fake[n])
-    r = bench.matmul_peak(seconds=0.01)
-    assert r["best_gflops"] == 80.0 and r["by_size_gflops"] == {str(k): v for k, v in fake.items()}
+def strings(obj):
+    """Every string value in a JSON-like object (keys not included)."""
+    if isinstance(obj, dict):
+        return [s for v in obj.values() for s in strings(v)]
+    if isinstance(obj, list):
+        return [s for v in obj for s in strings(v)]
+    return [obj] if isinstance(obj, str) else []
 
 
 @pytest.mark.slow
 def test_stacking_bench_reports_both_paths_and_their_ratio():
     import argparse
+
     from common.bench import bench_stacking
-    r = bench_stacking(argparse.Namespace(repeats=1, smoke=True), n_seeds=2, test_images=50)
-    assert r["n_seeds"] == 2 and all(len(v) == 1 and v[0] > 0 for v in r["runs"].values())
+    r = bench_stacking(argparse.Namespace(repeats=2, smoke=True), n_seeds=2, test_images=50)
+    assert r["n_seeds"] == 2 and all(len(v) == 2 and min(v) > 0 for v in r["runs"].values())
     assert r["step_ratio_stacked_over_plain"] == pytest.approx(r["stacked_step_s"] / r["plain_steps_s"])
+    assert r["eval_ratio_stacked_over_plain"] == pytest.approx(r["stacked_eval_s"] / r["plain_eval_s"])
 
 
 def test_recipe_sweep_extends_rows_of_the_same_machine_only(tmp_path):
-    import json
     path = tmp_path / "bench_recipes.json"
-    machine = {"cpu": "X", "torch_threads": 2}
+    machine = {"cpu": "X", "threads": 2}
     old = [{"model": "ex1 conv_fc", "epochs": 4, "value": 0.031}, {"model": "ex1 conv_fc", "epochs": 6, "value": 0.029}]
     path.write_text(json.dumps({"machine": machine, "rows": old}))
-    new = [{"model": "ex1 conv_fc", "epochs": 4, "value": 0.030}, {"model": "ex2 classifier", "epochs": 4, "value": 0.99}]
+    new = [{"model": "ex1 conv_fc", "epochs": 4, "value": 0.030},
+           {"model": "ex2 classifier", "epochs": 4, "value": 0.99}]
     rows = bench.merge_recipe_rows(path, new, machine)
     assert [(r["model"], r["epochs"], r["value"]) for r in rows] == [
         ("ex1 conv_fc", 4, 0.030), ("ex1 conv_fc", 6, 0.029), ("ex2 classifier", 4, 0.99)]
-    assert bench.merge_recipe_rows(path, new, {"cpu": "Y", "torch_threads": 2}) == sorted(
+    assert bench.merge_recipe_rows(path, new, {"cpu": "Y", "threads": 2}) == sorted(
         new, key=lambda r: r["model"])                                    # another CPU: old rows dropped

@@ -1,10 +1,13 @@
-"""common.pipeline: stages run in order, each timed, and a failing stage stops the run with its name."""
+"""common.pipeline: stages run in dependency order, each timed, the machine recorded, and a failing stage stops
+the run with its name."""
+import json
 import sys
 
 import pytest
+import torch
 
 from common import pipeline
-from common.utils import UserError
+from common.utils import REPO_ROOT, UserError
 
 
 class FakeClock:
@@ -34,7 +37,35 @@ def test_a_failing_stage_stops_the_pipeline(tmp_path):
 
 
 def test_commands_follow_the_dependency_order_and_pass_the_data_dir(tmp_path):
-    cmds = pipeline.commands(list(pipeline.STAGES), tmp_path)
-    assert [n for n, _ in cmds] == ["ex1", "ex2", "ex3", "ex4", "ex5", "report"]
-    assert all(("--data-dir" in c) == (n != "report") for n, c in cmds)
-    assert all((pipeline.ROOT / c[1]).exists() for _, c in cmds)  # every stage's script exists
+    cmds = dict(pipeline.commands(["report", "ex3", *pipeline.STAGES], tmp_path / "data", tmp_path / "out"))
+    assert list(cmds) == ["ex1", "ex2", "ex3", "ex4", "ex5", "selftrain", "lab_dbvae", "lab_cam", "bench", "report"]
+    assert all(("--data-dir" in c) == (n != "report") and c[-2:] == ["--out-dir", str(tmp_path / "out")]
+               for n, c in cmds.items())
+    assert cmds["selftrain"][1:5] == ["ex5_finetune.py", "--variants", "scratch", "selftrain"]
+    assert cmds["bench"][1:3] == ["-m", "common.bench"]
+    scripts = [c[1] if c[1] != "-m" else c[2].replace(".", "/") + ".py" for c in cmds.values()]
+    assert all((REPO_ROOT / s).is_file() for s in scripts)  # every stage's script exists
+    assert "--out-dir" not in pipeline.commands(["ex1"])[0][1]  # no --out-dir: each script's own default
+
+
+def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path, capsys):
+    assert pipeline.main(["--dry-run", "--stages", "ex4", "report", "--out-dir", str(tmp_path)]) == {}
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["ex4", "report"] and "ex4_few_shot.py" in lines[0]
+    assert not (tmp_path / "results").exists()
+
+
+def test_the_json_holds_each_stage_and_the_machine(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "STAGES", {"quick": ["-c", "pass"], "report": ["-c", "print('report')"]})
+    monkeypatch.setattr(pipeline, "matmul_peak", lambda: {"best_gflops": 50.0})
+    r = pipeline.main(["--out-dir", str(tmp_path)])
+    saved = json.loads((tmp_path / "results" / "pipeline.json").read_text())
+    assert [s["name"] for s in saved["stages"]] == [s["name"] for s in r["stages"]] == ["quick", "report"]
+    assert saved["total_s"] == pytest.approx(sum(s["seconds"] for s in saved["stages"]), abs=1e-5)
+    m = saved["machine"]
+    assert m["simd"] == torch.backends.cpu.get_cpu_capability() and m["torch"] == torch.__version__
+    assert m["threads"] == torch.get_num_threads() and m["cpu"] and saved["matmul_peak"] == {"best_gflops": 50.0}
+    monkeypatch.setattr(pipeline, "STAGES", {"quick": ["-c", "raise SystemExit(2)"]})
+    with pytest.raises(UserError, match="stage quick failed"):
+        pipeline.main(["--out-dir", str(tmp_path / "failed")])
+    assert not (tmp_path / "failed" / "results" / "pipeline.json").exists()

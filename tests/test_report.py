@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 pytest.importorskip("typst")
@@ -73,14 +72,15 @@ def _hist(n, acc=True):
 
 
 def _dbvae_synthetic(ms) -> dict:
-    """lab_dbvae.json as lab_dbvae.py writes it (issue 11 schema): metrics per model and test set with
+    """lab_dbvae.json as lab_dbvae.py writes it: metrics per model and test set with
     summarize() dicts, the paired comparison block, the standard CNN's gap, the sampling diagnostic."""
     groups = ["LF", "LM", "DF", "DM"]
     summ = lambda m, s=0.01: {"mean": m, "std": s, "ci95": [m - 2 * s, m + 2 * s], "n": 8, "values": [m] * 8}  # noqa: E731
     def test_set(base, mit=False):
         d = {"detect": {g: summ(base - 0.05 * i) for i, g in enumerate(groups)},
              "auc": {g: summ(0.99) for g in groups}, "mean_p_face": {g: summ(0.9) for g in groups},
-             "group_var": summ(12.5, 2.0), "dark_gap": summ(7.5, 1.0), "threshold": summ(1.2), "n": {g: 15 for g in groups}}
+             "group_var": summ(12.5, 2.0), "dark_gap": summ(7.5, 1.0), "threshold": summ(1.2),
+             "n": {g: 15 for g in groups}}
         if mit:
             d["wilson"] = {g: {"rate": 0.6, "k": 9, "n": 15, "ci95": [0.36, 0.8]} for g in groups}
         return d
@@ -96,7 +96,8 @@ def _dbvae_synthetic(ms) -> dict:
             "standard_gap_jittered": {**summ(7.5, 1.0), "bootstrap_ci95": [6.0, 9.0], "measurable": True},
             "sampling": {"dark_share_of_faces": 0.01,
                          "per_epoch": [{"epoch": e, "dark_mass": summ(0.02, 0.001), "mass_over_share": 2.0,
-                                        "dark_mean_p_percentile": summ(60.0), "dark_sampling_mass_if_product": summ(0.3)}
+                                        "dark_mean_p_percentile": summ(60.0),
+                                        "dark_sampling_mass_if_product": summ(0.3)}
                                        for e in (1, 2)]},
             "primary_endpoint": {"name": "jittered_group_var", "definition": "group variance on the jittered test"},
             "data": {"counts": {"train_faces": {"standard": 2000}, "train_nonfaces": 5737, "test_nonfaces": 2363,
@@ -126,7 +127,8 @@ def synthetic_results(d):
         "ex3": {"ae_test_l1": 0.052, "cls_decoder_test_l1": 0.121, "silhouette": {"ae": 0.11, "cls": 0.62},
                 "within_class": {"ae": 3.1, "cls": 1.2}, "between_class": {"ae": 4.0, "cls": 6.5},
                 "knn_acc": {"ae": 0.95, "cls": 0.99},
-                "per_class_within": {"ae": [3.0 + i / 10 for i in range(10)], "cls": [1.0 + i / 20 for i in range(10)]}},
+                "per_class_within": {"ae": [3.0 + i / 10 for i in range(10)],
+                                     "cls": [1.0 + i / 20 for i in range(10)]}},
         "ex4": {"train_indices": list(range(100)), "train_class_counts": [10] * 10, "seeds": [0, 1, 2],
                 "final_test_acc": ci(0.71, 0.02), "final_test_loss": ci(1.3, 0.1), "final_gap_acc": ci(0.29, 0.01),
                 "curve_test_size": 1000, "final_test_size": 10000, "params": 119190,
@@ -144,8 +146,8 @@ def synthetic_results(d):
                     "frozen_encoder": {"label": "frozen", "final_test_acc": ci(0.86, 0.01),
                                        "final_test_loss": ci(0.5, 0.05),
                                        "vs_scratch": diff(0.15, 0.1, 0.2, 0.001, "higher")}},
-                "comparisons": {name: {"acc": diff(a, a - 0.02, a + 0.02, 0.01, w), "loss": diff(0, -0.1, 0.1, 0.9,
-                                                                                                  "no significant difference")}
+                "comparisons": {name: {"acc": diff(a, a - 0.02, a + 0.02, 0.01, w),
+                                       "loss": diff(0, -0.1, 0.1, 0.9, "no significant difference")}
                                 for name, a, w in (("finetune - frozen_encoder", -0.03, "lower"),
                                                    ("finetune_lowlr - frozen_encoder", -0.01, "lower"),
                                                    ("finetune_lowlr - finetune", 0.02, "higher"))},
@@ -153,7 +155,8 @@ def synthetic_results(d):
         "ex5_selftrain": {"seeds": [0, 1, 2], "config": {"rounds": [0.5, 1.0], "neighbours": 15, "round_epochs": 4,
                                                          "device": "cpu"}, "wall_time_s": 600.0,
                           "variants": {"scratch": {"final_test_acc": ci(0.71, 0.02)},
-                                       "selftrain": {"final_test_acc": ci(0.972, 0.004), "final_test_loss": ci(0.13, 0.01),
+                                       "selftrain": {"final_test_acc": ci(0.972, 0.004),
+                                                     "final_test_loss": ci(0.13, 0.01),
                                                      "vs_scratch": diff(0.26, 0.25, 0.27, 0.0001, "higher")}}},
         "lab_dbvae": _dbvae_synthetic(ms),
         "lab_cam": {"val_acc": 0.81, "history": _hist(2), "classes": ["tench", "English springer", "cassette player"]},
@@ -181,7 +184,7 @@ def test_build_with_current_results(tmp_path):
         if src.is_dir():
             shutil.copytree(src, tmp_path / sub)
     out = tmp_path / "ex2.pdf"
-    run_build("--report-dir", tmp_path, "--out", out)
+    run_build("--out-dir", tmp_path, "--pdf", out)
     assert out.stat().st_size > 10_000
     assert_headings(pdf_text(out))
 
@@ -190,7 +193,7 @@ def test_build_with_current_results(tmp_path):
 def test_build_with_no_results_names_the_scripts(tmp_path):
     (tmp_path / "results").mkdir()
     proc = run_build("--results-dir", tmp_path / "results", "--figures-dir", tmp_path / "figures",
-                     "--out", tmp_path / "empty.pdf")
+                     "--pdf", tmp_path / "empty.pdf")
     for name in ("ex1", "ex2", "ex3", "ex4", "ex5", "lab_dbvae", "lab_cam"):
         assert f"missing {name}:" in proc.stdout
     assert "missing ex1: run `python ex1_autoencoder.py`" in proc.stdout
@@ -297,15 +300,15 @@ def test_raw_key_detector():
 
 @pytest.mark.slow
 def test_built_report_has_no_raw_keys_or_ascii_arrows_and_places_every_figure(tmp_path):
-    """Issue 12, item 5: built from the committed results and figures, the PDF text shows no raw snake_case
-    JSON keys and no ASCII '<=' / '->' / '>='; every figure the scripts write into report/figures/ is either
-    placed by ex2.typ or listed, with a reason, in build.py's UNUSED_FIGURES."""
+    """Built from the committed results and figures, the PDF text shows no raw snake_case JSON keys and no
+    ASCII '<=' / '->' / '>='; every figure the scripts write into report/figures/ is either placed by ex2.typ
+    or listed, with a reason, in build.py's UNUSED_FIGURES."""
     report = REPO / "report"
     for sub in ("results", "figures"):  # a copy, so a concurrent experiment writing there cannot interfere
         if (report / sub).is_dir():
             shutil.copytree(report / sub, tmp_path / sub)
     out = tmp_path / "ex2.pdf"
-    run_build("--report-dir", tmp_path, "--out", out)
+    run_build("--out-dir", tmp_path, "--pdf", out)
     text = pdf_text(out)
     assert raw_keys(text) == [], f"raw JSON keys in the PDF text: {raw_keys(text)}"
     for ascii_op in ("<=", "->", ">="):
@@ -318,3 +321,73 @@ def test_built_report_has_no_raw_keys_or_ascii_arrows_and_places_every_figure(tm
     assert not placed & set(unused), f"figures both placed and listed as unused: {sorted(placed & set(unused))}"
     assert mod.unplaced_figures(tmp_path / "figures") == [], \
         "figures in report/figures/ neither placed in ex2.typ nor listed in UNUSED_FIGURES"
+
+
+# ----------------------------------------------------------------------------- the README table (no Typst)
+def table_rows(table: str) -> dict[str, list[str]]:
+    """first column -> [metric, result] of a Markdown results table."""
+    rows = [line.strip("|").split(" | ") for line in table.splitlines()[2:]]
+    return {r[0].strip(): [c.strip() for c in r[1:]] for r in rows}
+
+
+MISSING = re.compile(r"(^|[\s(/])–($|[\s)/;,])")  # the "–" of a missing value, not the dash of a range
+
+
+def test_readme_table_reads_every_row_from_the_results(tmp_path):
+    """One row per README_TABLES entry, in two tables; every number and count comes from the JSON (the bench,
+    stacking and pipeline files in the schema the tools write now)."""
+    mod = _build_module()
+    synthetic_results(tmp_path)
+    extra = {
+        "bench": {"machine": {"cpu": "Some CPU", "threads": 2}, "matmul_peak": {"best_gflops": 10.0},
+                  "ae": {"ours_img_s": 5200.0, "baseline_img_s": 2100.0, "speedup": 2.48, "train_flops_per_img": 5e5,
+                         "options": {"channels_last": {"img_s": 6000.0, "ratio_vs_plain": 1.15}}}},
+        "bench_stacking": {"step_ratio_stacked_over_plain": 2.0, "eval_ratio_stacked_over_plain": 0.5},
+        "pipeline": {"machine": {"cpu": "Some CPU", "threads": 4, "simd": "AVX512"},
+                     "matmul_peak": {"best_gflops": 123.4}, "total_s": 11.2,
+                     "stages": [{"name": "ex1", "seconds": 10.2}, {"name": "report", "seconds": 1.0}]},
+    }
+    for name, obj in extra.items():
+        (tmp_path / "results" / f"{name}.json").write_text(json.dumps(obj))
+    table = mod.readme_table(tmp_path / "results")
+    results, speed = (table_rows(t) for t in table.split("\n\n"))
+    assert [len(results), len(speed)] == [len(rows) for _, rows in mod.README_TABLES]
+    assert results["ex1 autoencoder, d=12"] == ["test mean-L1, conv+FC / conv-only / PCA-12",
+                                                "0.0520 / 0.0610 / 0.0950"]
+    assert results["ex2 classifier"][1] == "99.31 %"
+    assert results["ex3 decoders"][1] == "0.0520 / 0.1210"
+    assert results["ex4 100 labels, from scratch"][0].endswith("over 3 seeds")
+    assert results["ex4 100 labels, from scratch"][1] == "71.00 [67.00, 75.00] %"
+    assert results["ex5 100 labels, AE encoder fine-tuned"][1] == "83.00 [80.00, 86.00] %; +12.00 [+8.00, +16.00] pts"
+    # the DB-VAE group variances are in %² already: no scaling, the difference signed
+    assert results["lab DB-VAE"][1] == "12.50 → 8.00; -4.50 [-6.00, -3.00], p = 0.008 (lower)"
+    assert results["lab CAM (Imagenette)"][1] == "81.00 %"
+    pipe = results["full pipeline (`python -m common.pipeline`)"]
+    assert pipe == ["wall time of all stages on Some CPU (fp32 matmul peak 123 GFLOP/s)", "11 s"]
+    assert speed["AE training (`python -m common.bench`)"] == ["images/s, ours / DataLoader, on Some CPU",
+                                                              "5,200 / 2,100 (2.48×)"]
+    # 5e5 flops x 5200 img/s / 1e9 / 10 GFLOP/s = 26 %; with channels_last 6000 img/s: 30 %
+    assert speed["AE training"] == ["share of the 10.0 GFLOP/s fp32 matmul peak: plain / channels_last",
+                                    "26.00 % / 30.00 %"]
+    assert speed["seed stacking for ex4 (`python -m common.bench --stacking`)"][1] == "2.00× / 0.50×"
+
+
+def test_readme_table_from_the_committed_results_has_no_gaps():
+    """The committed results/*.json fill every row."""
+    tables = _build_module().readme_table(REPO / "report" / "results").split("\n\n")
+    rows = {name: cells for t in tables for name, cells in table_rows(t).items()}
+    gaps = {name: cells[1] for name, cells in rows.items() if MISSING.search(cells[0] + " " + cells[1])}
+    assert not gaps, gaps
+
+
+@pytest.mark.parametrize("leaf", [lambda v: None, lambda v: "n/a", lambda v: [v], lambda v: {"v": v}, lambda v: 7],
+                         ids=["null", "string", "list", "dict", "int"])
+def test_readme_table_survives_unexpected_value_types(tmp_path, leaf):
+    mod = _build_module()
+    synthetic_results(tmp_path)
+    for p in (tmp_path / "results").glob("*.json"):
+        p.write_text(json.dumps(_mutate(json.loads(p.read_text()), leaf)))
+    (tmp_path / "results" / "pipeline.json").write_text(json.dumps({"stages": 3, "machine": []}))
+    lines = 3 * len(mod.README_TABLES) - 1 + sum(len(rows) for _, rows in mod.README_TABLES)  # heads, blank lines
+    assert len(mod.readme_table(tmp_path / "results").splitlines()) == lines
+    assert len(mod.readme_table(tmp_path / "nothing").splitlines()) == lines
