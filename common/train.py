@@ -223,11 +223,7 @@ def tensorboard_dir(args, script: str, runs_dir: Path | None = None) -> Path | N
 def make_optimizer(model: nn.Module, recipe: Recipe, params, steps_per_epoch: int):
     """AdamW over the trainable parameters (or the given groups, e.g. a slower pre-trained encoder), and
     the one-cycle schedule stepped once per batch (None for a constant rate)."""
-    groups = list(params if params is not None else model.parameters())
-    if groups and isinstance(groups[0], dict):
-        groups = [dict(g, params=[p for p in g["params"] if p.requires_grad]) for g in groups]
-    else:
-        groups = [p for p in groups if p.requires_grad]
+    groups = params if params is not None else [p for p in model.parameters() if p.requires_grad]  # frozen: none
     opt = torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
     if recipe.schedule == "constant":
         return opt, None
