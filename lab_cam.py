@@ -1,15 +1,9 @@
 """LAB01 exercise 2.3: Class Activation Maps (Zhou et al., CVPR 2016) of a CNN trained on Imagenette.
 
-A LAB01 ex 1.3 configurable CNN (blocks conv -> BatchNorm -> ReLU -> Dropout -> MaxPool) ends in
-conv -> global average pooling -> Linear(10), so the class-c map M_c(x, y) = sum_k w_k^c f_k(x, y) of
-its last feature maps explains the logit exactly (common/cam.py). It is trained on the official
-Imagenette v2 train split (160 px files) and evaluated on the official val split ("test" in the
-history = val), then its predictions are explained with CAMs and compared with Grad-CAM.
-
-CPU recipe: every JPEG is decoded once into a uint8 tensor at --img-size; training views are batched
-random-resized crops + flips at --train-size; validation is the centre --val-size crop, a bit larger
-than the training views because random-resized crops make objects look bigger (Touvron et al.,
-"Fixing the train-test resolution discrepancy", NeurIPS 2019). OneCycle LR, AdamW, label smoothing.
+A GAP + linear CNN (common/cam.py) is trained on the Imagenette v2 train split (160 px files); its predictions on
+the official val split ("test" in the history) are explained with CAMs and compared with Grad-CAM. Training views
+are random-resized crops + flips at --train-size; the val centre crop (--val-size) is larger, as such crops make
+objects look bigger (Touvron et al., NeurIPS 2019). OneCycle, AdamW, label smoothing.
 
     DATA_DIR=../shared/data python lab_cam.py   # report/figures/lab_cam_*.png, cam/, results/lab_cam.json
     DATA_DIR=../shared/data python lab_cam.py --smoke    # seconds, 2 images per class, into a temp dir
@@ -17,97 +11,254 @@ than the training views because random-resized crops make objects look bigger (T
 from __future__ import annotations
 
 import argparse
+import math
 import time
+from dataclasses import asdict, dataclass, fields
 from functools import partial
+from itertools import groupby
+from operator import itemgetter
 
 import torch
+from torch.nn import functional as F
+from torchvision.transforms.v2.functional import center_crop
+from tqdm.auto import tqdm
 
-from common.cam import (CamCNN, build_results, compare_gradcam, evaluate_val, load_lab_data, random_resized_crop,
-                        write_figures)
-from common.train import fit, tensorboard_dir
-from common.utils import (add_common_args, fraction, nonneg_float, pick_device, positive_int, resolve_output_dirs,
-                          run_config, run_main, seed_everything, write_json_atomic)
+from common import utils
+from common.cam import CamCNN, border_share, generate_cam, grad_cam, normalise_map, predicted_class_cams
+from common.data import IMAGENETTE_CLASSES, TensorData, decode_images, imagenette_split, to_float
+from common.models import count_parameters
+from common.train import EVAL_BATCH, Recipe, fit, predict, resolve_precision, tensorboard_dir
+from common.utils import UserError, fraction, number, positive_int
 
-SMOKE_PER_CLASS = 2  # --smoke: 2 images x 10 classes = 20 per split
+
+@dataclass(frozen=True)
+class CamRecipe(Recipe):
+    """The full run's training recipe; a checkpoint of another recipe is refused by --resume."""
+    epochs: int = 20
+    lr: float = 4e-3
+    batch_size: int = 128
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1  # of the cross-entropy, train and val loss
+    img_size: int = 96            # side the 160 px files are decoded to and kept in memory (uint8)
+    train_size: int = 64          # side of the random-resized training crops
+    min_scale: float = 0.35       # smallest area fraction of a random-resized crop
+    val_size: int = 80            # side of the centre val crop: > train_size, crops make objects look bigger
+
+
+SMOKE_PER_CLASS, SMOKE_EPOCHS = 2, 1  # --smoke: 2 images x 10 classes per split, one epoch
+DECODE_CHUNK = 512                    # images per decode call: bounds the memory of decoded full-size JPEGs
+WRONG_REASON_MIN_CONF = 0.5  # a 'right for the wrong reason' candidate must be at least this confident
+OVERVIEW_CLASSES = 5         # classes (rows) per overview figure: 5 rows at the text width fit one page
+GRADCAM_FIGURE_ROWS = 4      # val images shown in the CAM vs Grad-CAM figure
+GRADCAM_COLUMNS = ["original", "CAM (min-max)", "Grad-CAM (ReLU, min-max)", "|CAM - Grad-CAM|"]
+KIND_TITLES = {"correct": "most confident correct",
+               "wrong_reason_candidate": f"correct, p ≥ {WRONG_REASON_MIN_CONF:.0%}, CAM in border",
+               "misclassified": "most confident mistake"}
 
 
 def get_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p, epochs=20, batch_size=128, lr=4e-3)
+    utils.add_common_args(p, epochs=CamRecipe.epochs, batch_size=CamRecipe.batch_size, lr=CamRecipe.lr)
     p.add_argument("--channels", type=positive_int, nargs="+", default=[32, 64, 128, 256],
                    help="conv channels of the conv-BN-ReLU-Dropout-MaxPool blocks (default 32 64 128 256)")
-    p.add_argument("--cam-channels", type=positive_int, default=512,
-                   help="channels K of the last (CAM) conv layer before GAP (default 512)")
-    p.add_argument("--dropout", type=fraction, default=0.0,
-                   help="dropout probability in every block (default 0: short runs underfit, the crops "
-                        "already regularise)")
-    p.add_argument("--img-size", type=positive_int, default=96,
-                   help="side the 160 px images are decoded to and kept in memory (default 96)")
-    p.add_argument("--train-size", type=positive_int, default=64,
-                   help="side of the random-resized training crops (default 64)")
-    p.add_argument("--val-size", type=positive_int, default=80,
-                   help="side of the centre validation crop taken from --img-size (default 80)")
-    p.add_argument("--min-scale", type=fraction, default=0.35,
-                   help="smallest area fraction of a random-resized crop (default 0.35)")
-    p.add_argument("--label-smoothing", type=fraction, default=0.1,
-                   help="label smoothing of the cross-entropy (train and val loss; default 0.1)")
-    p.add_argument("--weight-decay", type=nonneg_float, default=5e-2, help="AdamW weight decay (default 0.05)")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
-                   help="bfloat16 autocast in training steps (evaluation/CAMs stay float32; default on)")
-    p.add_argument("--threads", type=positive_int, default=None,
-                   help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--gradcam-images", type=positive_int, default=200,
-                   help="val images on which CAM and Grad-CAM are compared (default 200)")
-    return p.parse_args(argv)
+    for flag, kind, default, text in (
+            ("--cam-channels", positive_int, 512, "channels K of the last (CAM) conv layer before GAP"),
+            ("--dropout", fraction, 0.0, "dropout in every block (short runs underfit, crops regularise)"),
+            ("--img-size", positive_int, CamRecipe.img_size, "side the images are decoded to and kept in memory"),
+            ("--train-size", positive_int, CamRecipe.train_size, "side of the random-resized training crops"),
+            ("--val-size", positive_int, CamRecipe.val_size, "side of the centre val crop, at most --img-size"),
+            ("--min-scale", number(float, 0, 1, lo_open=True), CamRecipe.min_scale, "smallest crop area fraction"),
+            ("--label-smoothing", fraction, CamRecipe.label_smoothing, "label smoothing of both losses"),
+            ("--weight-decay", number(float, 0), CamRecipe.weight_decay, "AdamW weight decay"),
+            ("--gradcam-images", positive_int, 200, "val images on which CAM and Grad-CAM are compared")):
+        p.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="bf16 autocast or fp32 training steps; eval and CAMs stay fp32 (default auto: bf16 if native)")
+    args = p.parse_args(argv)
+    if args.val_size > args.img_size:
+        p.error(f"--val-size {args.val_size} > --img-size {args.img_size}")
+    if args.smoke:
+        args.epochs = SMOKE_EPOCHS
+    return args
+
+
+def recipe_from(args) -> CamRecipe:
+    """The run's recipe: the flags of the same names, and the augmentation in words for the record."""
+    words = f"random-resized crops of {100 * args.min_scale:g}–100 % of the area to {args.train_size} px, flips"
+    return CamRecipe(**{f.name: getattr(args, f.name) for f in fields(CamRecipe) if hasattr(args, f.name)},
+                     augment=words)
+
+
+def load_imagenette(data_dir, split: str, size: int = CamRecipe.img_size, per_class: int | None = None):
+    """Imagenette v2 `split` decoded once: (TensorData x (N, 3, size, size) uint8, y (N,), wnids, skipped paths).
+    Classes: the sorted WordNet ids (torchvision's official order); per_class keeps each class's first n files."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+    split_dir = imagenette_split(data_dir, split)
+    try:
+        wnids, wnid_to_idx = find_classes(str(split_dir))
+        samples = make_dataset(str(split_dir), wnid_to_idx, extensions=IMG_EXTENSIONS)  # sorted by class
+    except FileNotFoundError as exc:  # no class folder, or a class folder without images
+        raise UserError(f"'{split_dir}' has no usable images ({str(exc).splitlines()[0].rstrip('.')}); it should "
+                        f"hold one folder per Imagenette class (n01440764 ... n03888257) of JPEG images") from exc
+    samples = [s for _, group in groupby(samples, key=itemgetter(1)) for s in list(group)[:per_class]]
+    skipped = []  # decode_images adds the unreadable files here and leaves them out of x
+    with tqdm(total=len(samples), desc=f"decode {split}", unit="img", leave=False) as bar:
+        x = torch.cat([decode_images([p for p, _ in samples[i:i + DECODE_CHUNK]], size, bar=bar, skipped=skipped)
+                       for i in range(0, len(samples), DECODE_CHUNK)])            # (N, 3, S, S) uint8
+    bad = set(skipped)
+    y = torch.tensor([label for p, label in samples if p not in bad], dtype=torch.long)  # (N,)
+    if not len(y):
+        raise UserError(f"no image under '{split_dir}' could be decoded ({len(bad)} unreadable)")
+    return TensorData(x, y), wnids, skipped
+
+
+def load_data(data_dir, recipe: CamRecipe, per_class: int | None) -> dict:
+    """Both splits at recipe.img_size, the val images centre-cropped to recipe.val_size."""
+    t0 = time.perf_counter()
+    train, wnids, skip_train = load_imagenette(data_dir, "train", recipe.img_size, per_class)
+    val, val_wnids, skip_val = load_imagenette(data_dir, "val", recipe.img_size, per_class)
+    if val_wnids != wnids:
+        raise UserError(f"train/val class folders differ: {wnids} vs {val_wnids}")
+    val = TensorData(center_crop(val.x, [recipe.val_size] * 2).contiguous(), val.y)  # (N, 3, V, V) uint8
+    return {"train": train, "val": val, "wnids": wnids, "names": [IMAGENETTE_CLASSES.get(w, w) for w in wnids],
+            "skipped": {"train": skip_train, "val": skip_val}, "load_time_s": time.perf_counter() - t0}
+
+
+def random_resized_crop(x: torch.Tensor, gen: torch.Generator, out_size: int,
+                        scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3), flip: bool = True) -> torch.Tensor:
+    """Batched RandomResizedCrop + RandomHorizontalFlip: x (B, 3, S, S) uint8/float -> (B, 3, out, out) in [0, 1].
+    One affine map per image (a crop of relative width w centred at c: x -> w x + c in [-1, 1]), one grid_sample."""
+    b = x.shape[0]
+    r = torch.rand(b, 5, generator=gen)                                          # (B, 5) in [0, 1)
+    area = scale[0] + (scale[1] - scale[0]) * r[:, 0]                             # (B,) ~ U(scale)
+    aspect = (math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * r[:, 1]).exp()  # w / h, log-uniform
+    w, h = (area * aspect).sqrt().clamp(max=1.0), (area / aspect).sqrt().clamp(max=1.0)  # relative sides
+    cx, cy = (1 - w) * (2 * r[:, 2] - 1), (1 - h) * (2 * r[:, 3] - 1)            # centre keeps crop inside
+    sign = torch.where(r[:, 4] < 0.5, -1.0, 1.0) if flip else torch.ones(b)       # -1: mirror x
+    theta = torch.stack([w * sign, torch.zeros(b), cx, torch.zeros(b), h, cy], 1).view(b, 2, 3)  # (B, 2, 3)
+    grid = F.affine_grid(theta.to(x.device), [b, x.shape[1], out_size, out_size], align_corners=False)
+    return F.grid_sample(to_float(x), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def evaluate_val(model: CamCNN, val: TensorData, names: list[str], device, batch_size: int = EVAL_BATCH) -> dict:
+    """fp32 eval of every val image: logits (N, C), pred, conf (N,), CAMs (N, H, W), border share, accuracies."""
+    logits, cams = predict(model, val.x, device, batch_size, fn=partial(predicted_class_cams, model))
+    conf, pred = logits.softmax(1).max(1)
+    correct = pred == val.y
+    confusion = torch.bincount(val.y * len(names) + pred, minlength=len(names) ** 2).view(len(names), -1)
+    return {"logits": logits, "cams": cams, "conf": conf, "pred": pred, "acc": correct.float().mean().item(),
+            "border_share": border_share(cams), "confusion": confusion,
+            "per_class_acc": {n: correct[val.y == c].float().mean().item() for c, n in enumerate(names)}}
+
+
+def pick_examples(y, pred, conf, share, num_classes: int) -> dict[int, dict[str, int | None]]:
+    """Per true class (all (N,) tensors): most confident correct, 'wrong reason' candidate, worst mistake."""
+    picks = {}
+    for c in range(num_classes):
+        ok, bad = ((y == c) & (pred == c)).nonzero().flatten(), ((y == c) & (pred != c)).nonzero().flatten()
+        sure = ok[conf[ok] >= WRONG_REASON_MIN_CONF]
+        sure = sure if len(sure) else ok                      # no confident right answer: any right answer
+        best = int(ok[conf[ok].argmax()]) if len(ok) else None
+        sure = sure[sure != best] if len(sure) > 1 else sure  # another image than the 'correct' pick
+        picks[c] = {"correct": best,
+                    "wrong_reason_candidate": int(sure[share[sure].argmax()]) if len(sure) else None,
+                    "misclassified": int(bad[conf[bad].argmax()]) if len(bad) else None}
+    return picks
+
+
+def compare_gradcam(model: CamCNN, data: TensorData, n: int, names: list[str]) -> tuple[dict, dict]:
+    """CAM vs Grad-CAM on n val images spread evenly over the (class-sorted) data: Pearson r of the raw maps
+    (no ReLU, equal up to 1/(h w)) and of min-max CAM vs standard ReLU Grad-CAM, and the Grad-CAM/CAM scale."""
+    idx = torch.linspace(0, len(data) - 1, min(n, len(data))).round().long().unique()
+    shown = set(idx[torch.linspace(0, len(idx) - 1, GRADCAM_FIGURE_ROWS).round().long()].tolist())
+    stats, rows = [], {}  # rows: figure row label -> (image, map) panels under GRADCAM_COLUMNS
+    for i in idx.tolist():
+        cam, c, _ = generate_cam(model, data.x[i], normalize=False)                # (H, W)
+        gc, _ = grad_cam(model, data.x[i], c, normalize=False, relu=False)          # (H, W)
+        cam_n, gc_n = normalise_map(cam), grad_cam(model, data.x[i], c)[0]          # min-max CAM, ReLU Grad-CAM
+        a, b = cam.flatten(), gc.flatten()                                          # (H W,)
+        stats.append((torch.corrcoef(torch.stack([a, b]))[0, 1],
+                      torch.corrcoef(torch.stack([cam_n.flatten(), gc_n.flatten()]))[0, 1],
+                      (b @ a) / (a @ a)))                                           # least-squares scale: b = s a
+        if i in shown:
+            rows[f"val #{i}\ntrue: {names[int(data.y[i])]}\npred: {names[c]}"] = [
+                (data.x[i], None), (None, cam_n), (None, gc_n), (None, (cam_n - gc_n).abs())]
+    # a constant map has no correlation (NaN): count it as agreement, as both maps are then flat
+    raw, minmax, scale = (torch.stack(v).nan_to_num(1.0) for v in zip(*stats))    # (n,) each
+    h, w = (s // model.downsample for s in data.x.shape[-2:])
+    return {"images": len(raw), "pearson_raw_mean": raw.mean().item(), "pearson_raw_min": raw.min().item(),
+            "pearson_relu_minmax_mean": minmax.mean().item(), "pearson_relu_minmax_min": minmax.min().item(),
+            "gradcam_over_cam_scale_mean": scale.mean().item(), "expected_scale_1_over_hw": 1.0 / (h * w)}, rows
+
+
+def write_figures(ev: dict, val: TensorData, names: list[str], hist, gradcam: dict, rows: dict, fig_dir) -> list:
+    """The picks' CAM figures (one per image in cam/, and the overviews), the curves, CAM vs Grad-CAM; the picks."""
+    from common.cam import cam_overview_figure, map_rows, save_cam_visualization  # matplotlib: lazy
+    from common.plots import plot_curves
+    for stale in [*(fig_dir / "cam").glob("*_val*.png"), *fig_dir.glob("lab_cam_overview_*.png")]:
+        stale.unlink()  # the picks change between runs: never leave a stale one behind
+    examples, overview = [], []  # overview: one slot per class and kind, None where no image fits
+    for c, kinds in pick_examples(val.y, ev["pred"], ev["conf"], ev["border_share"], len(names)).items():
+        for kind, i in kinds.items():
+            if i is None:
+                overview.append(None)
+                continue
+            pred, conf, share = names[int(ev["pred"][i])], float(ev["conf"][i]), float(ev["border_share"][i])
+            path = save_cam_visualization(val.x[i], ev["cams"][i], names[c], pred, conf,
+                                          fig_dir / "cam" / f"{names[c].replace(' ', '_')}_{kind}_val{i}.png",
+                                          note=f"{KIND_TITLES[kind]}; border share {share:.0%}")
+            examples.append({"class": names[c], "kind": kind, "val_index": i, "pred": pred,
+                             "confidence": conf, "border_share": share, "figure": path})
+            overview.append({"image": val.x[i], "cam": ev["cams"][i], "true": names[c], "pred": pred, "conf": conf})
+    for k, first in enumerate(range(0, len(names), OVERVIEW_CLASSES), 1):
+        last = min(first + OVERVIEW_CLASSES, len(names))
+        cam_overview_figure(overview[first * len(KIND_TITLES):last * len(KIND_TITLES)],
+                            fig_dir / f"lab_cam_overview_{k}.png",
+                            f"CAMs of the predicted class on Imagenette val (val acc {ev['acc']:.1%}), "
+                            f"classes {first + 1}–{last} of {len(names)}", list(KIND_TITLES.values()))
+    plot_curves({"CAM CNN": hist}, fig_dir / "lab_cam_curves.png",
+                "lab_cam: loss (label-smoothed CE) and accuracy per epoch; 'test' = official val split")
+    map_rows(list(rows.values()), GRADCAM_COLUMNS, fig_dir / "lab_cam_gradcam.png",
+             f"CAM vs Grad-CAM on the same GAP + linear model, {gradcam['images']} val images\nmean Pearson r: "
+             f"raw maps {gradcam['pearson_raw_mean']:.4f}, ReLU + min-max {gradcam['pearson_relu_minmax_mean']:.3f}",
+             row_labels=list(rows))
+    return examples
 
 
 def main(argv=None) -> dict:
     args = get_args(argv)
-    if args.val_size > args.img_size:
-        raise SystemExit(f"error: --val-size {args.val_size} > --img-size {args.img_size}")
-    fig_dir, res_dir, runs_dir = resolve_output_dirs(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
-    device = pick_device(args.device)
+    fig_dir, res_dir, runs_dir, device = utils.setup(args)
+    precision = resolve_precision(args.precision, device)
+    recipe = recipe_from(args)
     t_start = time.perf_counter()
-
-    # ---- load: every JPEG decoded once (unreadable ones skipped and counted), val = centre crops
-    data = load_lab_data(args.data_dir, args.img_size, args.val_size, SMOKE_PER_CLASS if args.smoke else None)
+    data = load_data(args.data_dir, recipe, SMOKE_PER_CLASS if args.smoke else None)
     train, val, names, skipped = data["train"], data["val"], data["names"], data["skipped"]
-    if args.smoke:
-        args.epochs = 1
-    print(f"lab_cam: {len(train)} train / {len(val)} val images decoded in {data['load_time_s']:.1f} s "
-          f"(stored {args.img_size} px, train crops {args.train_size} px, val centre {args.val_size} px), "
-          f"device={device}, threads={torch.get_num_threads()}"
-          + (f"; skipped {len(skipped['train'])} train + {len(skipped['val'])} val unreadable images"
-             if skipped["train"] or skipped["val"] else ""))
+    print(f"lab_cam: {len(train)} train + {len(val)} val images in {data['load_time_s']:.1f} s (unreadable, skipped: "
+          f"{len(skipped['train'])} + {len(skipped['val'])}); {device}, {precision}, {torch.get_num_threads()} threads")
 
-    # ---- train: random-resized crops + flips, label-smoothed cross-entropy, bf16 autocast steps
-    gen = seed_everything(args.seed)
+    gen = utils.seed_everything(args.seed)
     model = CamCNN(args.channels, args.cam_channels, len(names), args.dropout).to(device)
-    model = model.to(memory_format=torch.channels_last)
-    model.train_bf16 = args.bf16
-    augment = partial(random_resized_crop, out_size=args.train_size, scale=(args.min_scale, 1.0))
-    loss_fn = partial(torch.nn.functional.cross_entropy, label_smoothing=args.label_smoothing)
-    hist = fit(model, train, val, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, gen=gen,
-               device=device, loss_fn=loss_fn, weight_decay=args.weight_decay, augment=augment,
-               ckpt_path=runs_dir / "lab_cam.pt", resume=args.resume, desc="lab_cam",
-               tb_dir=tensorboard_dir(args, "lab_cam", runs_dir), hparams=run_config(args))
+    hist = fit(model, train, val, recipe, gen=gen, precision=precision,
+               loss_fn=partial(F.cross_entropy, label_smoothing=recipe.label_smoothing),
+               augment=partial(random_resized_crop, out_size=recipe.train_size, scale=(recipe.min_scale, 1.0)),
+               ckpt_path=runs_dir / "lab_cam.pt", resume=args.resume, tb_dir=tensorboard_dir(args, "lab_cam", runs_dir))
     fit_wall_time_s = time.perf_counter() - t_start - data["load_time_s"]
 
-    # ---- evaluate (float32): predictions and predicted-class CAMs of every val image; CAM vs Grad-CAM
-    ev = evaluate_val(model, val, names, device)
+    ev = evaluate_val(model, val, names, device)  # fp32, eval mode: every reported number and map
     gradcam, rows = compare_gradcam(model, val, args.gradcam_images, names)
-
-    # ---- figures and results
     examples = write_figures(ev, val, names, hist, gradcam, rows, fig_dir)
-    results = build_results(args, model, data, hist, ev, gradcam, examples, fit_wall_time_s, device)
-    results["wall_time_s"] = time.perf_counter() - t_start
-    path = write_json_atomic(res_dir / "lab_cam.json", results)
-    print("\n class             | val acc")
-    for n, a in ev["per_class_acc"].items():
-        print(f" {n:17s} | {a:.3f}")
+    results = {"name": "lab_cam", "recipe": dict(asdict(recipe), precision=precision),
+               "seed": args.seed, "val_acc": ev["acc"], "val_loss": hist[-1]["test_loss"], "history": hist,
+               "classes": names, "wnids": data["wnids"], "per_class_val_acc": ev["per_class_acc"],
+               "confusion_matrix_true_by_pred": ev["confusion"], "train_images": len(train), "val_images": len(val),
+               "params": count_parameters(model), "skipped_images": {k: len(v) for k, v in skipped.items()},
+               "skipped_files": {k: [str(p) for p in v] for k, v in skipped.items()},
+               "feature_map_size": [recipe.val_size // model.downsample] * 2, "gradcam_comparison": gradcam,
+               "examples": examples, "mean_epoch_time_s": sum(h["epoch_time_s"] for h in hist) / len(hist),
+               "train_time_s": hist[-1]["train_time_s"], "data_load_time_s": data["load_time_s"],
+               "fit_wall_time_s": fit_wall_time_s}
+    path = utils.write_results(res_dir / "lab_cam.json", results, args, device, t_start, precision)
+    print("\n class             | val acc\n" + "\n".join(f" {n:17s} | {a:.3f}" for n, a in ev["per_class_acc"].items()))
     print(f"val acc {ev['acc']:.4f}; CAM vs Grad-CAM r = {gradcam['pearson_raw_mean']:.5f} (raw), "
           f"{gradcam['pearson_relu_minmax_mean']:.3f} (ReLU+min-max)")
     print(f"wrote {path} and figures in {fig_dir} ({results['wall_time_s']:.0f} s)")
@@ -115,4 +266,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    utils.run_main(main)

@@ -1,14 +1,18 @@
-"""Class Activation Maps (common/cam.py, lab_cam.py): the CAM identities, the data loader, a smoke run."""
+"""Class Activation Maps (common/cam.py, lab_cam.py): the CAM identities, the lab's data, precision and picks,
+a smoke run."""
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import DATA_DIR, assert_figure, load_result, run_script
 from torch.nn import functional as F
 
-from common.cam import (CamCNN, border_share, center_crop, class_activation_maps, evaluate_val, generate_cam,
-                        grad_cam, load_imagenette, normalise_map, pick_examples, random_resized_crop)
-from common.data import DataUnavailableError, TensorData, imagenette_root
-from conftest import DATA_DIR, assert_figure, load_result, run_script
+import lab_cam
+from common.cam import CamCNN, border_share, class_activation_maps, generate_cam, grad_cam, normalise_map
+from common.data import TensorData, imagenette_root
+from common.train import resolve_precision
+from common.utils import UserError
+from lab_cam import evaluate_val, load_imagenette, pick_examples, random_resized_crop
 
 HAS_IMAGENETTE = (imagenette_root(DATA_DIR) / "val").is_dir()
 needs_imagenette = pytest.mark.skipif(not HAS_IMAGENETTE,
@@ -120,23 +124,50 @@ def test_random_resized_crop_full_view_is_identity_or_mirror():
     b = random_resized_crop(x, torch.Generator().manual_seed(1), 12)
     assert a.shape == (8, 3, 12, 12) and a.min() >= 0 and a.max() <= 1
     torch.testing.assert_close(a, b)
-    assert center_crop(x, 10).shape == (8, 3, 10, 10)
-    torch.testing.assert_close(center_crop(x, 10), x[..., 3:13, 3:13])
 
 
-def test_missing_data_raises_a_clear_error(tmp_path):
-    with pytest.raises(DataUnavailableError, match="Imagenette"):
-        load_imagenette(tmp_path, "train")
+def test_missing_or_empty_data_is_one_clear_error(tmp_path):
+    with pytest.raises(UserError, match="Imagenette"):
+        load_imagenette(tmp_path, "train", 32)
+    (tmp_path / "imagenette2-160" / "train" / "n01440764").mkdir(parents=True)  # a class folder without images
+    with pytest.raises(UserError, match="train' has no usable images.*one folder per Imagenette class"):
+        load_imagenette(tmp_path, "train", 32)
+
+
+def test_precision_auto_is_bf16_only_with_native_bf16(monkeypatch):
+    cpu = torch.device("cpu")
+    assert [resolve_precision(p, cpu) for p in ("fp32", "bf16")] == ["fp32", "bf16"]  # explicit: as asked
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's native-bf16 probes
+    for probe in probes:
+        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
+    assert resolve_precision("auto", cpu) == "fp32"   # e.g. AVX2 or AVX512 without BF16: emulated, slower
+    monkeypatch.setattr(torch.cpu, probes[0], lambda: True, raising=False)
+    assert resolve_precision("auto", cpu) == "bf16"   # AVX512-BF16 (or AMX): native kernels
+
+
+def test_flags_make_the_recipe():
+    args = lab_cam.get_args(["--min-scale", "0.5", "--train-size", "48", "--label-smoothing", "0", "--epochs", "3"])
+    recipe = lab_cam.recipe_from(args)
+    assert (recipe.min_scale, recipe.train_size, recipe.label_smoothing, recipe.epochs) == (0.5, 48, 0.0, 3)
+    assert (recipe.img_size, recipe.val_size, recipe.weight_decay) == (96, 80, 0.05)  # the defaults
+    assert "50–100 %" in recipe.augment and "48 px" in recipe.augment and args.precision == "auto"
+    assert lab_cam.get_args(["--smoke", "--epochs", "9"]).epochs == lab_cam.SMOKE_EPOCHS
+    for bad in (["--val-size", "97"], ["--min-scale", "0"], ["--bf16"], ["--precision", "fp16"]):
+        with pytest.raises(SystemExit):
+            lab_cam.get_args(bad)
 
 
 @needs_imagenette
 def test_loader_returns_the_official_classes_in_order():
     from torchvision.datasets import Imagenette
 
-    data, wnids, names = load_imagenette(DATA_DIR, "val", 32, per_class=1)
-    assert wnids == [w for w, _ in OFFICIAL] and names == [n for _, n in OFFICIAL]
+    data, wnids, skipped = load_imagenette(DATA_DIR, "val", 32, per_class=1)
+    assert wnids == [w for w, _ in OFFICIAL] and skipped == []
     assert data.x.shape == (10, 3, 32, 32) and data.x.dtype == torch.uint8
     assert data.y.tolist() == list(range(10))
+    both = lab_cam.load_data(DATA_DIR, lab_cam.CamRecipe(img_size=40, val_size=30), per_class=2)
+    assert both["names"] == [n for _, n in OFFICIAL] and both["train"].x.shape == (20, 3, 40, 40)
+    torch.testing.assert_close(both["val"].x, load_imagenette(DATA_DIR, "val", 40, 2)[0].x[..., 5:35, 5:35])
     assert Imagenette(str(DATA_DIR), split="val", size="160px").wnids == wnids  # torchvision agrees
 
 
@@ -152,10 +183,11 @@ def test_smoke_run(tmp_path):
     assert res["train_images"] == res["val_images"] == 20
     assert res["gradcam_comparison"]["pearson_raw_mean"] > 0.999
     figs = tmp_path / "figures"
-    parts = -(-len(res["classes"]) // 5)  # common.cam.OVERVIEW_CLASSES classes per overview figure
-    for name in [f"lab_cam_overview_{k}.png" for k in range(1, parts + 1)] + ["lab_cam_curves.png", "lab_cam_gradcam.png"]:
+    parts = -(-len(res["classes"]) // lab_cam.OVERVIEW_CLASSES)
+    overviews = [f"lab_cam_overview_{k}.png" for k in range(1, parts + 1)]
+    for name in [*overviews, "lab_cam_curves.png", "lab_cam_gradcam.png"]:
         assert_figure(figs / name)
-    assert not (figs / "lab_cam_overview.png").exists() and not (figs / f"lab_cam_overview_{parts + 1}.png").exists()
+    assert not (figs / f"lab_cam_overview_{parts + 1}.png").exists()
     examples = sorted((figs / "cam").glob("*.png"))
     assert len(examples) == len(res["examples"]) > 0  # one file per example recorded, no stale ones
     for f in examples:
