@@ -29,7 +29,7 @@ from common.data import load_mnist_splits
 from common.models import AE_RECIPE, CLASSIFIER_RECIPE, AutoEncoder, Classifier, Decoder, EncoderDecoder
 from common.plots import digit_panels, scatter_panels
 from common.stats import standardise
-from common.train import Recipe, cross_entropy, fit, load_or_train, mean_l1, predict, tensorboard_dir
+from common.train import Recipe, fit, load_or_fit, mean_l1, predict, tensorboard_dir
 from common.utils import add_common_args, add_model_args, positive_int, run_main, seed_everything, setup, write_results
 
 # The decoder's recipe: AdamW + one-cycle, batch 128, over all 60,000 training images; only the decoder learns.
@@ -52,18 +52,6 @@ def get_args(argv=None) -> argparse.Namespace:
                    help="epochs of the ex1 autoencoder and the ex2 classifier (default: their recipes', "
                         f"{AE_RECIPE.epochs} and {CLASSIFIER_RECIPE.epochs})")
     return p.parse_args(argv)
-
-
-def prerequisite(name: str, what: str, recipe: Recipe, loss_fn, model, args, train, test, runs_dir, device):
-    """The model in runs/<name>.pt, or, when missing, `model` trained here with its script's `recipe` (the
-    epochs overridden by --pretrain-epochs); a checkpoint of another recipe is refused (load_or_train)."""
-    recipe = dataclasses.replace(recipe, epochs=args.pretrain_epochs or recipe.epochs)
-    path = runs_dir / f"{name}.pt"
-
-    def train_here(model):
-        fit(model, train, test, recipe, gen=seed_everything(args.seed), loss_fn=loss_fn, ckpt_path=path)
-
-    return load_or_train(path, model.to(device), train_here, what, recipe, len(train))
 
 
 def classifier_decoder(classifier: Classifier, latent_dim: int, channels) -> EncoderDecoder:
@@ -127,14 +115,15 @@ def main(argv=None) -> dict:
     recipe = RECIPE.override(args)
 
     # ---- prerequisites: the ex2 classifier and the ex1 conv+FC autoencoder, with their own recipes
+    epochs = {"epochs": args.pretrain_epochs} if args.pretrain_epochs else {}
     seed_everything(args.seed)
-    cls = Classifier(args.latent_dim, args.channels, hidden=args.hidden)
-    cls = prerequisite("ex2_classifier", "the ex2 classifier", CLASSIFIER_RECIPE, cross_entropy, cls, args, train,
-                       test, runs_dir, device)
+    cls = Classifier(args.latent_dim, args.channels, hidden=args.hidden).to(device)
+    cls = load_or_fit(runs_dir / "ex2_classifier.pt", cls, "the ex2 classifier",
+                      dataclasses.replace(CLASSIFIER_RECIPE, **epochs), train, test, seed=args.seed)
     seed_everything(args.seed)
-    ae = prerequisite("ex1_conv_fc", "the ex1 conv+FC autoencoder", AE_RECIPE, mean_l1,
-                      AutoEncoder(args.latent_dim, args.channels, fc=True), args, train, test, runs_dir,
-                      device)
+    ae = AutoEncoder(args.latent_dim, args.channels, fc=True).to(device)
+    ae = load_or_fit(runs_dir / "ex1_conv_fc.pt", ae, "the ex1 conv+FC autoencoder",
+                     dataclasses.replace(AE_RECIPE, **epochs), train, test, seed=args.seed, loss_fn=mean_l1)
 
     # ---- train only the decoder on top of the frozen classifier encoder
     gen = seed_everything(args.seed)

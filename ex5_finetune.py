@@ -39,7 +39,7 @@ from common.data import AFFINE, TensorData
 from common.models import AE_RECIPE, AutoEncoder, Classifier
 from common.plots import plot_curves
 from common.stats import paired, standardise
-from common.train import Recipe, fit, fit_seeds, load_or_train, mean_l1, predict, tensorboard_dir
+from common.train import Recipe, fit, fit_seeds, load_or_fit, mean_l1, predict, tensorboard_dir
 from common.utils import fraction, learning_rate, positive_int, run_main, seed_everything, setup, write_results
 
 # ex4's recipe, repeated because the `scratch` variant must be ex4's run (tests/test_fewshot.py checks that
@@ -98,15 +98,11 @@ def pretrained_autoencoder(args, data: fewshot.FewLabelData, runs_dir, device) -
     """The ex1 conv+FC autoencoder from its checkpoint, or trained here with ex1's recipe on all (unlabelled)
     training images; and that recipe, which the checkpoint was checked against."""
     recipe = dataclasses.replace(AE_RECIPE, epochs=1) if args.smoke else AE_RECIPE
-    path = runs_dir / "ex1_conv_fc.pt"
-
-    def pretrain(model):
-        fit(model.to(device), data.full_train, data.test, recipe, gen=seed_everything(args.seed), loss_fn=mean_l1,
-            ckpt_path=path)
-
     seed_everything(args.seed)
-    ae = AutoEncoder(args.latent_dim, args.channels, fc=True)
-    return load_or_train(path, ae, pretrain, "the ex1 conv+FC autoencoder", recipe, len(data.full_train)).cpu(), recipe
+    ae = AutoEncoder(args.latent_dim, args.channels, fc=True).to(device)
+    ae = load_or_fit(runs_dir / "ex1_conv_fc.pt", ae, "the ex1 conv+FC autoencoder", recipe, data.full_train,
+                     data.test, seed=args.seed, loss_fn=mean_l1)
+    return ae.cpu(), recipe
 
 
 # ----------------------------------------------------------------------------- semi-supervised (selftrain)

@@ -142,7 +142,7 @@ class EncoderComposite(nn.Module):
 
 # The ex1 autoencoder's and the ex2 classifier's recipes: AdamW + one-cycle over all 60,000 training
 # images. Defined here, not in ex1/ex2, because ex3 and ex5 train them too when their checkpoints are
-# missing, and refuse a checkpoint trained with anything else (train.load_or_train). 6 epochs each: the
+# missing, and refuse a checkpoint trained with anything else (train.load_or_fit). 6 epochs each: the
 # cheapest of the sweep `python -m common.bench --recipes 4 6 8` after which the test curves flatten
 # (bench_recipes.json).
 AE_RECIPE = Recipe(epochs=6, lr=3e-3, batch_size=128)

@@ -6,7 +6,6 @@ the seconds spent training (evaluation excluded), so curves can be drawn against
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, replace
@@ -63,9 +62,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
 def autocast(precision: str, device: torch.device):
     """bfloat16 autocast for training steps when precision == "bf16"; evaluation always runs in float32."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def train_epoch(model: nn.Module, data: TensorData, loss_fn: Callable, opt, sched, gen: torch.Generator, *,
@@ -93,10 +90,7 @@ def train_epoch(model: nn.Module, data: TensorData, loss_fn: Callable, opt, sche
             correct += (out.detach().argmax(1) == y).sum()
         if bar is not None:
             bar.update(1)
-    stats = {"loss": loss_sum.item() / len(data)}
-    if not reconstruct:
-        stats["acc"] = correct.item() / len(data)
-    return stats
+    return {"loss": loss_sum.item() / len(data), **({} if reconstruct else {"acc": correct.item() / len(data)})}
 
 
 @torch.inference_mode()
@@ -162,20 +156,20 @@ def recipe_differences(ckpt: dict, recipe, train_size: int) -> str:
     return "; ".join(f"{k} {saved.get(k)!r} (this run: {v!r})" for k, v in want.items() if saved.get(k) != v)
 
 
-def load_or_train(path: Path, model: nn.Module, train_fn: Callable[[nn.Module], object], what: str, recipe,
-                  train_size: int) -> nn.Module:
-    """`model` from the checkpoint at `path`, or trained first by train_fn (which saves it). A checkpoint of
-    an unfinished run or of another recipe is the user's: refused in one line, neither used nor overwritten."""
-    path = Path(path)
-    if not path.exists():
+def load_or_fit(path: Path, model: nn.Module, what: str, recipe: Recipe, train: TensorData, test: TensorData, *,
+                seed: int, loss_fn: Callable = cross_entropy) -> nn.Module:
+    """`model` (built right after seeding) from the checkpoint at `path`, or trained there first with its own
+    script's `recipe` and `seed`. A checkpoint of an unfinished run or of another recipe is the user's:
+    refused in one line, neither used nor overwritten."""
+    if not Path(path).exists():
         print(f"{path} not found: training {what} first (with its own script's recipe)")
-        train_fn(model)
+        fit(model, train, test, recipe, gen=seed_everything(seed), loss_fn=loss_fn, ckpt_path=path)
         return model
     ckpt = load_checkpoint(path, model)
     if ckpt.get("epoch", 0) < recipe.epochs:
         raise UserError(f"{path} holds an unfinished run of {what} (epoch {ckpt.get('epoch')} of {recipe.epochs}); "
                         f"finish it with its script's --resume, or delete it to have it trained here")
-    diff = recipe_differences(ckpt, recipe, train_size)
+    diff = recipe_differences(ckpt, recipe, len(train))
     if diff:
         raise UserError(f"{path} holds {what} trained with {diff}; delete it to have it trained here with this "
                         f"run's recipe, or pass another --runs-dir")

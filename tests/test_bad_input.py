@@ -24,7 +24,7 @@ from conftest import DATA_DIR, REPO, load_result, needs_mnist, run_script
 from common import utils
 from common.data import MNIST_SHA256, TensorData, decode_images, require_images
 from common.models import AutoEncoder, Classifier
-from common.train import Recipe, fit, load_checkpoint, load_or_train, mean_l1, save_checkpoint
+from common.train import Recipe, fit, load_checkpoint, mean_l1, save_checkpoint
 from common.utils import UserError
 
 TINY = dict(channels=(4, 8))  # a small AutoEncoder / Classifier: checkpoints of a few KB, epochs of ms
@@ -188,17 +188,22 @@ def test_resume_with_another_recipe_is_refused_and_the_checkpoint_kept(tmp_path)
     assert path.read_bytes() == saved
 
 
-def test_load_or_train_refuses_an_unfinished_run_or_another_recipe(tmp_path):
+def test_load_or_fit_refuses_an_unfinished_run_or_another_recipe(tmp_path, monkeypatch):
+    import common.train
     want, path = Recipe(epochs=15, lr=3e-3, batch_size=128), tmp_path / "ex1_conv_fc.pt"
-    never = lambda model: pytest.fail("must not train over the user's checkpoint")  # noqa: E731
+    monkeypatch.setattr(common.train, "fit", lambda *a, **k: pytest.fail("must not train over the user's checkpoint"))
+    full = TensorData(torch.empty(60000, 0), torch.empty(60000))  # only its size is read
+
+    def load():
+        return common.train.load_or_fit(path, AutoEncoder(**TINY), "the AE", want, full, full, seed=0)
     save_checkpoint(path, AutoEncoder(**TINY), recipe=asdict(want), train_size=60000, epoch=3)
-    err = pytest.raises(UserError, load_or_train, path, AutoEncoder(**TINY), never, "the AE", want, 60000).value
-    one_line(str(err), "holds an unfinished run of the AE (epoch 3 of 15); finish it with its script's --resume")
+    one_line(str(pytest.raises(UserError, load).value),
+             "holds an unfinished run of the AE (epoch 3 of 15); finish it with its script's --resume")
     save_checkpoint(path, AutoEncoder(**TINY), recipe={**asdict(want), "lr": 0.01}, train_size=1024, epoch=15)
-    err = pytest.raises(UserError, load_or_train, path, AutoEncoder(**TINY), never, "the AE", want, 60000).value
-    one_line(str(err), "holds the AE trained with lr 0.01 (this run: 0.003); train_size 1024 (this run: 60000)")
+    one_line(str(pytest.raises(UserError, load).value),
+             "holds the AE trained with lr 0.01 (this run: 0.003); train_size 1024 (this run: 60000)")
     save_checkpoint(path, AutoEncoder(**TINY), recipe=asdict(want), train_size=60000, epoch=15)
-    load_or_train(path, AutoEncoder(**TINY), never, "the AE", want, 60000)  # the matching one is used
+    load()  # the matching one is used
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
