@@ -1,184 +1,472 @@
 """MIT 6.S191 Lab 2 part 2: debiasing a face detector with a DB-VAE (Amini et al., AIES 2019), in PyTorch.
 
-A face detector (face vs. not face) is trained on a deliberately skewed set of faces in which dark-skinned
-faces are rare (default 1 %: 20 of 2,000), with random shift/zoom/rotation augmentation so that it learns
-faces rather than the aligned UTKFace template (issue 11). Per seed, three models see the same data in the
-same order (only the DB-VAE's face draws differ):
-  standard         the lab's CNN (4 stride-2 convs + dense 512 + 1 logit), faces drawn uniformly
-  dbvae            the same CNN as the encoder of a VAE of faces (logit, mu, logsigma) + a decoder; each
-                   epoch the training faces are re-sampled with probabilities inversely proportional to the
-                   density of their latent means (paper Algorithm 1). No race/gender label is used.
-  standard_nodark  control: the standard CNN with the dark faces replaced by light ones (0 % dark)
+Per seed, three face detectors learn from the same data in the same order, with few dark-skinned faces (default
+20 of 2,000): the lab's CNN, the DB-VAE (which draws faces inversely to the density of their latent means,
+Algorithm 1, without race labels) and a control without dark faces. Tests per group (light/dark, female/male):
+held-out UTKFace faces, aligned and jittered, and the lab's MIT faces. Primary endpoint: the group variance of
+the jittered detection rate at 99 % non-face rejection, DB-VAE vs standard CNN over paired seeds.
 
-Test sets (per group LF/LM/DF/DM): the balanced aligned held-out UTKFace faces, a jittered copy of them
-(fixed seed: shift +-6 px, zoom 0.85-1.15, rotation +-10 deg) and the lab's 60 MIT faces. Metrics: detection
-rate at the threshold rejecting 99 % of held-out non-faces, AUC against the non-faces, mean p(face).
-Primary endpoint (fixed before the run): the group variance (%^2) of the detection rate on the jittered
-test, compared DB-VAE vs standard over paired seeds (sign-flip permutation test, bootstrap CI).
-
-Data ($DATA_DIR, see its README.md): UTKFace races 0 (White, "light") and 1 (Black, "dark"); Imagenette
-classes without people as non-faces (train split to train, val split to test); mit_test_faces/.
-
-    python lab_dbvae.py            # full run: report/figures/lab_dbvae_*.png, report/results/lab_dbvae.json
-    python lab_dbvae.py --smoke    # seconds, into a temp dir
+    python lab_dbvae.py [--smoke]    # report/figures/lab_dbvae_*.png, report/results/lab_dbvae.json
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import itertools
+import math
 import time
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 from scipy.stats import rankdata
+from sklearn.metrics import roc_auc_score
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from common.dbvae import (DARK, DBVAE, GROUPS, MODELS, Augment, DBVAELoss, FaceBatches, StandardCNN,
-                          binary_correct, build_results, classifier_loss, evaluate_model, latent_means,
-                          load_lab_data, plot_groups, plot_paired, plot_sampling_faces, sampling_probabilities)
+from common import dbvae, stats, utils
+from common.data import IMAGENETTE_CLASSES, decode_images, imagenette_split, require_images, to_float
+from common.dbvae import AUGMENT, DBVAE, IMAGE_SHAPE, StandardCNN, dbvae_loss, sampling_probabilities
 from common.models import count_parameters
-from common.train import TensorBoardLog, load_checkpoint, save_checkpoint, tensorboard_dir, train_epoch
-from common.utils import (add_common_args, fraction, nonneg_float, nonneg_int, pick_device, positive_float,
-                          positive_int, resolve_output_dirs, run_config, run_main, seed_everything,
-                          write_json_atomic)
-
-# everything that changes a finished run or its test metrics: --resume reuses a checkpoint only if all of it matches
-RUN_KEYS = ("epochs", "batch_size", "lr", "seed", "data_dir", "latent_dim", "kl_weight", "alpha", "bins",
-            "combine", "dark_fraction", "train_faces", "augment", "h5", "smoke", "test_per_group", "jitter_seed")
+from common.plots import plt, save
+from common.train import TensorBoardLog, load_checkpoint, predict, save_checkpoint, tensorboard_dir
+from common.utils import UserError, add_common_args, run_main, seed_everything, setup, write_results
 
 
-def get_args(argv=None) -> argparse.Namespace:
+def flag(default, kind, text: str, **kw):
+    """A Recipe field with its own command-line flag, --name-with-dashes."""
+    return field(default=default, metadata={"type": kind, "help": f"{text} (default %(default)s)", **kw})
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What changes a trained model or its test metrics (checkpoints store it); defaults: the lab's."""
+    epochs: int = 2
+    batch_size: int = 32  # half faces, half non-faces, as the lab's get_batch
+    lr: float = 5e-4      # Adam, constant
+    latent_dim: int = flag(100, utils.positive_int, "DB-VAE latent size")
+    kl_weight: float = flag(5e-4, utils.number(float, 0), "weight of the KL term in the VAE loss")
+    alpha: float = flag(1e-3, utils.number(float, 0, lo_open=True), "smoothing of Algorithm 1's latent histograms")
+    bins: int = flag(10, utils.positive_int, "histogram bins per latent dimension")
+    combine: str = flag("max", str, "per-dimension weights: max (the lab's) or product", choices=["max", "product"])
+    train_faces: int = flag(2000, utils.positive_int, "training faces")  # 8 seeds x 3 models: 15 min on 2 CPU cores
+    dark_fraction: float = flag(0.01, utils.fraction, "share of dark-skinned faces among the training faces")
+    test_per_group: int = flag(1000, utils.positive_int, "held-out UTKFace faces per group, or as many as exist")
+    augment: bool = flag(True, None, "random shift/zoom/rotation", action=argparse.BooleanOptionalAction)
+    split_seed: int = flag(0, utils.seed_int, "seed of the UTKFace train/test split, the same for every seed")
+    jitter_seed: int = flag(1234, utils.seed_int, "seed of the fixed jittered test copy")
+    h5: str | None = flag(None, str, "train on the lab's train_face.h5 (images, labels), not UTKFace/Imagenette")
+    smoke: bool = False   # a slice of the data that runs in seconds
+
+
+N_SEEDS = 8  # paired training seeds: the fewest for which an exact sign-flip test reaches p < 0.01
+# --smoke: 64 training faces, at least 4 of them dark so that every code path runs; 8 test faces per group
+SMOKE_FACES, SMOKE_MIN_DARK, SMOKE_TEST_PER_GROUP = 64, 4, 8
+SMOKE_TRAIN_NEGS, SMOKE_TEST_NEGS, SMOKE_MIT_PER_GROUP = 64, 32, 4
+# group -> (race, gender) in UTKFace names: race 0 White = light, 1 Black = dark (annotators' labels); gender 1 female
+GROUPS = {"LF": (0, 1), "LM": (0, 0), "DF": (1, 1), "DM": (1, 0)}
+LIGHT, DARK = 0, 1
+NEG_CLASSES = {w: IMAGENETTE_CLASSES[w] for w in ("n02979186", "n03028079", "n03417042", "n03425413",
+                                                  "n03445777", "n03888257")}  # Imagenette without people
+MODEL_NAMES = {"standard": "standard CNN", "dbvae": "DB-VAE", "standard_nodark": "standard CNN, 0 % dark faces"}
+TEST_SET_NAMES = {"aligned": "UTKFace held-out, aligned", "jittered": "UTKFace held-out, jittered",
+                  "mit": "MIT 6.S191 test faces"}
+REJECT = 0.99       # the detection threshold rejects this share of the held-out non-faces
+ALPHA_TEST = 0.05   # significance level of the paired comparisons
+
+
+def get_args(argv=None) -> tuple[argparse.Namespace, Recipe]:
+    """The command line and its Recipe; --smoke: one epoch, two seeds and a slice of the data."""
+    r = Recipe()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # the lab: Adam, lr 5e-4, batch 32 (half faces, half non-faces)
-    add_common_args(p, epochs=2, batch_size=32, lr=5e-4)
-    p.add_argument("--seeds", type=nonneg_int, nargs="+", default=list(range(8)),
-                   help="training seeds, each trains every model on the same data and order (default 0..7: "
-                        "8 paired seeds, the fewest for which an exact sign-flip test reaches p < 0.01)")
-    p.add_argument("--train-faces", type=positive_int, default=2000,
-                   help="training faces, light + dark (default 2000: with 2 epochs and 8 seeds x 3 models the default "
-                        "run fits 15 min on 2 shared CPU cores)")
-    p.add_argument("--dark-fraction", type=fraction, default=0.01,
-                   help="share of dark-skinned faces among the training faces (default 0.01: 20 of 2,000)")
-    p.add_argument("--test-per-group", type=positive_int, default=1000,
-                   help="held-out UTKFace test faces per group LF/LM/DF/DM (default 1000, or as many as exist)")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                   help="random shift/zoom/rotation of training faces and non-faces (default on)")
-    p.add_argument("--jitter-seed", type=nonneg_int, default=1234, help="seed of the fixed jittered test copy (default 1234)")
+    # 1 thread: batch-32 convs gain little from a 2nd; on a shared 2-core machine 2 threads were ~10x slower
+    add_common_args(p, epochs=r.epochs, batch_size=r.batch_size, lr=r.lr, schedule="constant", threads=1)
+    p.add_argument("--seeds", type=utils.seed_int, nargs="+",
+                   help=f"paired training seeds (default: {N_SEEDS} seeds from --seed on)")
     p.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
-                   help="also train the 0 %%-dark standard CNN control arm (default on)")
-    p.add_argument("--latent-dim", type=positive_int, default=100, help="DB-VAE latent size (default 100, the lab's)")
-    p.add_argument("--kl-weight", type=nonneg_float, default=5e-4, help="weight of the KL term in the VAE loss (default 0.0005)")
-    p.add_argument("--alpha", type=positive_float, default=1e-3,
-                   help="histogram smoothing added to the latent densities before inverting (default 0.001)")
-    p.add_argument("--bins", type=positive_int, default=10, help="histogram bins per latent dimension (default 10)")
-    p.add_argument("--combine", choices=["max", "product"], default="max",
-                   help="how per-dimension weights combine: the lab's max (default) or the paper's product")
-    p.add_argument("--threads", type=nonneg_int, default=1,
-                   help="torch CPU threads (default 1: batch-32 convs gain little from a 2nd thread, and on a "
-                        "shared 2-core machine 2 threads per process were measured ~10x slower; 0 = torch's choice)")
-    p.add_argument("--h5", type=Path, default=None,
-                   help="train on the lab's train_face.h5 (datasets images, labels) instead of UTKFace/Imagenette")
-    return p.parse_args(argv)
+                   help="also train the 0 %%-dark standard CNN control (default %(default)s)")
+    for f in fields(Recipe):
+        if f.metadata:
+            p.add_argument("--" + f.name.replace("_", "-"), default=f.default, **f.metadata)
+    args = p.parse_args(argv)
+    args.seeds = args.seeds or list(range(args.seed, args.seed + N_SEEDS))
+    if args.smoke:  # two seeds, the fewest for a paired comparison
+        args.epochs, args.seeds = 1, args.seeds[:2]
+    r = Recipe(**{f.name: getattr(args, f.name) for f in fields(Recipe)})
+    n_dark = max(round(r.dark_fraction * SMOKE_FACES), SMOKE_MIN_DARK)  # --smoke keeps a few dark faces
+    smoke = dict(train_faces=SMOKE_FACES, dark_fraction=n_dark / SMOKE_FACES, test_per_group=SMOKE_TEST_PER_GROUP)
+    return args, replace(r, **smoke) if r.smoke else r
 
 
-def train_model(kind: str, seed: int, data: dict, args, device, runs_dir: Path, augment) -> dict:
-    """Train one model for one seed, then evaluate it: {"history", "metrics", "params", "p_faces", "model"}."""
-    seed_everything(seed)
-    make = lambda: (DBVAE(args.latent_dim) if kind == "dbvae" else StandardCNN()).to(device)  # noqa: E731
-    model, ckpt = make(), runs_dir / f"lab_dbvae_{kind}_seed{seed}.pt"
-    setup = {k: v for k, v in run_config(args).items() if k in RUN_KEYS}
-    if args.resume and ckpt.exists():  # a finished run of this model/seed (resume is per run, not per epoch)
-        saved = load_checkpoint(ckpt, model)
-        if saved.get("setup") == setup:
-            print(f"[{kind} seed {seed}] reusing the finished run in {ckpt}")
-            return {**saved["run"], "model": model}
-        print(f"[{kind} seed {seed}] {ckpt} was trained with other settings: training again")
-        model = make()
-    faces, race = data["train"][kind], data["race"]
-    batches = FaceBatches(faces, data["train_negs"], args.batch_size, seed, device, augment)  # the batch sampler
-    loss_fn = DBVAELoss(args.kl_weight) if kind == "dbvae" else classifier_loss          # the loss callable
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    tb_root = tensorboard_dir(args, "lab_dbvae", runs_dir)
-    tb = TensorBoardLog(tb_root / f"{kind}_seed{seed}") if tb_root is not None else None
-    history, train_time = [], 0.0
-    bar = tqdm(total=args.epochs * len(batches), desc=f"{kind} seed {seed}", unit="step", mininterval=2.0,
-               dynamic_ncols=True, leave=False)
-    for epoch in range(1, args.epochs + 1):
+def jittered_copy(x: torch.Tensor, seed: int, chunk: int = 500) -> torch.Tensor:
+    """A fixed random affine copy of uint8 images x (N, 3, H, W), in chunks that bound the float memory."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.cat([AUGMENT(x[i:i + chunk] / 255, gen).mul(255).round().clamp(0, 255).to(torch.uint8)
+                      for i in range(0, len(x), chunk)])
+
+
+def parse_utkface_name(name: str) -> tuple[int, int, int]:
+    """'age_gender_race_datetime.jpg.chip.jpg' -> (age, gender, race) (see $DATA_DIR/README.md)."""
+    age, gender, race = name.split("_")[:3]
+    return int(age), int(gender), int(race)
+
+
+def load_h5(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lab's train_face.h5 (images (N, 64, 64, 3) BGR, labels (N, 1)) -> x (N, 3, 64, 64) RGB, y (N,) 1 = face."""
+    import h5py  # only with --h5
+    with h5py.File(path, "r") as f:
+        images, labels = torch.from_numpy(f["images"][:]), torch.from_numpy(f["labels"][:]).float()
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
+        raise UserError(f"{path}: expected uint8 images (N, H, W, 3), got {images.dtype} {tuple(images.shape)}")
+    x = images.flip(-1).permute(0, 3, 1, 2).contiguous()    # BGR -> RGB (the lab reads images[..., ::-1])
+    return x, labels.reshape(len(labels), -1)[:, 0]
+
+
+@dataclass
+class TestSet:
+    faces: dict[str, torch.Tensor]  # group -> uint8 (n_g, 3, 64, 64)
+    negs: torch.Tensor              # uint8 (n_neg, 3, 64, 64), the non-faces that set the threshold
+
+
+@dataclass
+class LabData:
+    train: dict[str, torch.Tensor]  # model -> its training faces, uint8 (N, 3, 64, 64)
+    train_negs: torch.Tensor        # uint8 (N_neg, 3, 64, 64)
+    race: torch.Tensor | None       # (N,) LIGHT/DARK of the skewed training faces, for diagnostics only
+    tests: dict[str, TestSet]       # "aligned", "jittered", "mit"
+    dark_fractions: dict[str, float] | None
+    decoded_images: int
+    decode_time_s: float
+
+    def counts(self) -> dict:
+        return {"train_faces": {m: len(v) for m, v in self.train.items()}, "train_nonfaces": len(self.train_negs),
+                "test_nonfaces": len(self.tests["aligned"].negs),
+                **{f"{t}_{g}": len(ts.faces[g]) for t, ts in self.tests.items() for g in GROUPS}}
+
+
+def load_lab_data(data_dir, recipe: Recipe) -> LabData:
+    """Decode every image once (uint8): the training sets and the three test sets. Per group, a seeded shuffle
+    holds out test_per_group UTKFace faces; the shuffled rest gives the light and dark training faces."""
+    root, gen = Path(data_dir).expanduser(), torch.Generator().manual_seed(recipe.split_seed)
+    n_dark = round(recipe.dark_fraction * recipe.train_faces)
+    n_light, k = recipe.train_faces - n_dark, recipe.test_per_group
+    files = require_images(root / "UTKFace", "*.jpg", "UTKFace photos named age_gender_race_date.jpg.chip.jpg")
+    by = {(race, gender): [f for f in files if parse_utkface_name(f.name)[1:] == (gender, race)]
+          for race, gender in GROUPS.values()}
+
+    def shuffled(files: list) -> list:
+        return [files[i] for i in torch.randperm(len(files), generator=gen).tolist()]
+    test, rest = {}, {LIGHT: [], DARK: []}
+    for grp, (race, gender) in GROUPS.items():
+        pool = shuffled(by[(race, gender)])
+        test[grp], rest[race] = pool[:k], rest[race] + pool[k:]
+    light, dark = shuffled(rest[LIGHT]), shuffled(rest[DARK])  # the leftovers: LF + LM, DF + DM
+    if n_light + n_dark > len(light) or n_dark > len(dark) or min(len(v) for v in test.values()) == 0:
+        raise UserError(f"UTKFace: {n_light + n_dark} light and {n_dark} dark training faces asked, {len(light)} + "
+                        f"{len(dark)} left after the test split {({g: len(v) for g, v in test.items()})}")
+    neg_train, neg_test = ([f for c in sorted(NEG_CLASSES) for f in sorted((imagenette_split(root, split) / c).glob(
+        "*.JPEG"))] for split in ("train", "val"))
+    mit = {g: sorted((root / "mit_test_faces" / g).glob("*.png")) for g in GROUPS}  # none: no MIT test set
+    if recipe.smoke:  # evenly spread slices of the non-faces
+        neg_train = neg_train[::len(neg_train) // SMOKE_TRAIN_NEGS][:SMOKE_TRAIN_NEGS]
+        neg_test = neg_test[::len(neg_test) // SMOKE_TEST_NEGS][:SMOKE_TEST_NEGS]
+        mit = {g: f[:SMOKE_MIT_PER_GROUP] for g, f in mit.items()}
+    lists = {"light": light[:n_light + n_dark], "dark": dark[:n_dark], "train_negs": neg_train, "test_negs": neg_test,
+             **{f"test_{g}": f for g, f in test.items()}, **{f"mit_{g}": f for g, f in mit.items()}}
+    total, t0 = sum(len(v) for v in lists.values()), time.perf_counter()
+    with tqdm(total=total, desc="decode images", unit="img", mininterval=1.0, dynamic_ncols=True, leave=False) as bar:
+        x = {key: decode_images(v, IMAGE_SHAPE[1], bar=bar) for key, v in lists.items()}
+    skewed, negs = torch.cat([x["light"][:n_light], x["dark"]]), x["train_negs"]  # (train_faces, 3, 64, 64)
+    race = torch.tensor([LIGHT] * n_light + [DARK] * n_dark)                      # (train_faces,)
+    train = {"standard": skewed, "dbvae": skewed, "standard_nodark": x["light"]}  # n_dark more light faces
+    if recipe.h5 is not None:  # the lab's faces and non-faces replace the training images: no race, no control
+        xh, yh = load_h5(recipe.h5)
+        faces, negs = xh[yh == 1], xh[yh != 1]
+        if recipe.smoke:
+            faces, negs = faces[:SMOKE_FACES], negs[:SMOKE_TRAIN_NEGS]
+        train, race = {"standard": faces, "dbvae": faces}, None
+    aligned, test_negs = {g: x[f"test_{g}"] for g in GROUPS}, x["test_negs"]
+    # one fixed jittered copy for every seed and model: seed jitter_seed + i for group i, + 4 for the non-faces
+    jittered = {g: jittered_copy(v, recipe.jitter_seed + i) for i, (g, v) in enumerate(aligned.items())}
+    tests = {"aligned": TestSet(aligned, test_negs),
+             "jittered": TestSet(jittered, jittered_copy(test_negs, recipe.jitter_seed + len(GROUPS)))}
+    if all(mit.values()):  # as they are (not re-aligned): the threshold comes from the aligned non-faces
+        tests["mit"] = TestSet({g: x[f"mit_{g}"] for g in GROUPS}, test_negs)
+    share = n_dark / recipe.train_faces
+    fractions = None if race is None else {"standard": share, "dbvae": share, "standard_nodark": 0.0}
+    return LabData(train, negs, race, tests, fractions, total, time.perf_counter() - t0)
+
+
+def train(model, kind: str, seed: int, data: LabData, recipe: Recipe, device, tb: TensorBoardLog | None):
+    """Adam at a constant lr; the DB-VAE re-samples its faces at the start of every epoch (Algorithm 1), and
+    records the dark faces' share of the draws. Returns (history, the last p_faces (Nf,))."""
+    faces, gens, augment = data.train[kind], dbvae.batch_generators(seed), AUGMENT if recipe.augment else None
+    opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+    bar = tqdm(total=recipe.epochs * max(1, len(faces) // (recipe.batch_size // 2)), desc=f"{kind} seed {seed}",
+               unit="step", mininterval=2.0, dynamic_ncols=True, leave=False)
+    history, p_faces, train_time = [], None, 0.0
+    for epoch in range(1, recipe.epochs + 1):
         t0, row = time.perf_counter(), {"epoch": epoch}
-        if kind == "dbvae":  # Algorithm 1: re-estimate the latent density of the training faces every epoch
-            mu = latent_means(model, faces, device)                                          # (Nf, L)
-            batches.p_faces = sampling_probabilities(mu, args.bins, args.alpha, args.combine)  # (Nf,)
-            row["p_max_over_uniform"] = batches.p_faces.max().item() * len(faces)
-            if race is not None:  # diagnostic only (the model never sees it)
-                pct = 100 * (torch.from_numpy(rankdata(batches.p_faces.numpy())) - 1) / max(1, len(faces) - 1)
-                row["dark_sampling_mass"] = batches.p_faces[race == DARK].sum().item()
-                row["dark_mean_p_percentile"] = pct[race == DARK].mean().item()
-                # the other combination rule on the same latent means (diagnostic, not used for drawing)
-                other = "product" if args.combine == "max" else "max"
-                p_other = sampling_probabilities(mu, args.bins, args.alpha, other)
-                row[f"dark_sampling_mass_if_{other}"] = p_other[race == DARK].sum().item()
-        tr = train_epoch(model, batches, loss_fn, opt, correct=binary_correct, loss_dtype=torch.float64, bar=bar)
+        loss_sum, n_correct, seen = 0.0, 0, 0
+        if kind == "dbvae":  # latent means (N, L) with BatchNorm's running statistics (eval mode) -> p (N,)
+            mu = predict(model, faces, device, fn=lambda b: model.encode(to_float(b))[1])
+            p_faces = sampling_probabilities(mu, recipe.bins, recipe.alpha, recipe.combine)
+            row["p_max_over_uniform"] = p_faces.max().item() * len(faces)
+            if data.race is not None:  # the only use of the race labels
+                dark, other = data.race == DARK, "product" if recipe.combine == "max" else "max"
+                pct = 100 * (torch.from_numpy(rankdata(p_faces.numpy())) - 1) / max(1, len(faces) - 1)
+                p_other = sampling_probabilities(mu, recipe.bins, recipe.alpha, other)  # had the other rule drawn
+                row.update({"dark_sampling_mass": p_faces[dark].sum().item(), f"dark_sampling_mass_if_{other}":
+                            p_other[dark].sum().item(), "dark_mean_p_percentile": pct[dark].mean().item()})
+        model.train()
+        for x, y in dbvae.epoch_batches(faces, data.train_negs, recipe.batch_size, gens, p_faces, augment, device):
+            if kind == "dbvae":
+                loss, logit = dbvae_loss(model, x, y, recipe.kl_weight)  # paper Eq. 5
+            else:
+                logit = model(x)[:, 0]                                     # (B,)
+                loss = F.binary_cross_entropy_with_logits(logit, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(y)  # in float64; the per-step sync costs little at these sizes
+            n_correct += int(((logit.detach() > 0).float() == y).sum())  # on the drawn batches: a diagnostic
+            seen += len(y)
+            bar.update(1)
         train_time += time.perf_counter() - t0
-        row.update(train_loss=tr["loss"], train_acc=tr["acc"], epoch_time_s=time.perf_counter() - t0,
+        row.update(train_loss=loss_sum / seen, train_acc=n_correct / seen, epoch_time_s=time.perf_counter() - t0,
                    train_time_s=train_time)
         history.append(row)
         if tb is not None:
             tb.scalars(row)
     bar.close()
+    return history, p_faces
+
+
+@dataclass
+class Run:
+    history: list[dict]           # one row per epoch
+    metrics: dict                 # test set -> group_metrics
+    params: int
+    p_faces: torch.Tensor | None  # the DB-VAE's last sampling probabilities (Nf,)
+
+
+def run_model(kind: str, seed: int, data: LabData, recipe: Recipe, device, runs_dir: Path, resume: bool,
+              tb_root: Path | None) -> Run:
+    """One model of one seed, trained and evaluated; with `resume` a finished run of the same recipe is reused."""
+    seed_everything(seed)  # the weights, and the DB-VAE's reparameterisation noise after them
+    model = (DBVAE(recipe.latent_dim) if kind == "dbvae" else StandardCNN()).to(device)
+    ckpt = runs_dir / f"lab_dbvae_{kind}_seed{seed}.pt"
+    if resume and ckpt.exists():
+        saved = load_checkpoint(ckpt, copy.deepcopy(model))  # a copy: another recipe's weights are not wanted
+        if saved.get("recipe") == asdict(recipe):
+            print(f"[{kind} seed {seed}] reusing the finished run in {ckpt}")
+            return Run(**saved["run"])
+        print(f"[{kind} seed {seed}] {ckpt} was trained with another recipe: training again")
+    tb = TensorBoardLog(tb_root / f"{kind}_seed{seed}") if tb_root is not None else None
+    history, p_faces = train(model, kind, seed, data, recipe, device, tb)
     if tb is not None:
-        tb.close(dict(run_config(args), seed=seed, model=kind), history[-1])
-    t0 = time.perf_counter()
-    run = {"history": history, "metrics": evaluate_model(model, data["tests"], device),
-           "params": count_parameters(model), "p_faces": batches.p_faces, "eval_time_s": time.perf_counter() - t0}
-    m = run["metrics"].get("jittered", {})
-    tqdm.write(f"[{kind} seed {seed}] train {train_time:.0f} s, eval {run['eval_time_s']:.0f} s | jittered detection "
-               + " ".join(f"{g}={m['detect'][g]:.3f}" for g in GROUPS) + f" var={m['group_var']:.1f} %²"
-               + (f" | dark mass {history[-1]['dark_sampling_mass']:.3f}" if "dark_sampling_mass" in history[-1] else ""))
-    save_checkpoint(ckpt, model, run=run, setup=setup)
-    return {**run, "model": model}
+        tb.close(dict(asdict(recipe), seed=seed, model=kind), history[-1])
+
+    def scores(x):  # face logits (N,) float64 of uint8 images (N, 3, H, W)
+        return predict(model, x, device, fn=lambda b: model(to_float(b))[:, 0]).double()
+    negs = {id(ts.negs): ts.negs for ts in data.tests.values()}  # the MIT faces share the aligned non-faces
+    negs = {key: scores(x) for key, x in negs.items()}
+    metrics = {t: group_metrics({g: scores(x) for g, x in ts.faces.items()}, negs[id(ts.negs)])
+               for t, ts in data.tests.items()}
+    m = metrics["jittered"]
+    tqdm.write(f"[{kind} seed {seed}] {history[-1]['train_time_s']:.0f} s; jittered test: group variance "
+               f"{m['group_var']:.1f} %², detection " + " ".join(f"{g} {v:.3f}" for g, v in m["detect"].items()))
+    run = Run(history, metrics, count_parameters(model), p_faces)
+    save_checkpoint(ckpt, model, run=asdict(run), recipe=asdict(recipe))
+    return run
 
 
-def write_figures(results: dict, data: dict, runs: dict, args, fig_dir: Path) -> None:
-    plot_groups(results, fig_dir / "lab_dbvae_groups.png")
-    plot_paired(results, fig_dir / "lab_dbvae_paired.png")
-    first = runs["dbvae"][args.seeds[0]]
-    plot_sampling_faces(data["train"]["dbvae"], first["p_faces"], data["race"], fig_dir / "lab_dbvae_sampling.png",
-                        f"DB-VAE seed {args.seeds[0]}: training faces with the highest / lowest resampling "
-                        f"probability (last epoch;\nrace labels shown for reading only, never used in training)")
+def rejection_threshold(neg_scores: torch.Tensor, reject: float = REJECT) -> float:
+    """The ceil(reject * n)-th smallest of the n non-face scores: faces above it are detected, and exactly that
+    many non-faces are rejected when the scores have no ties."""
+    s = torch.sort(neg_scores.double().flatten()).values
+    k = max(1, math.ceil(reject * len(s) - 1e-9))   # -1e-9: 0.99 * 200 is 198.00000000000003 in floating point
+    return s[k - 1].item()
+
+
+def group_metrics(face_scores: dict, neg_scores: torch.Tensor, reject: float = REJECT) -> dict:
+    """Per group (logits {group: (n_g,)} vs non-faces (n_neg,)): detection rate, AUC, mean p(face); over the groups
+    the variance of the rates in %^2 (the paper's unit) and the light mean - worst dark group in points."""
+    t, neg = rejection_threshold(neg_scores, reject), list(neg_scores.double().numpy())
+    s = {g: face_scores[g].double() for g in GROUPS}
+    detected = {g: int((v > t).sum()) for g, v in s.items()}
+    rate = {g: detected[g] / len(v) for g, v in s.items()}
+    auc = {g: float(roc_auc_score([1] * len(v) + [0] * len(neg), list(v.numpy()) + neg)) for g, v in s.items()}
+    return {"threshold": t, "nonface_rejected": (neg_scores <= t).double().mean().item(), "detect": rate,
+            "detected": detected, "n": {g: len(v) for g, v in s.items()}, "auc": auc,
+            "mean_p_face": {g: torch.sigmoid(v).mean().item() for g, v in s.items()},
+            "group_var": (100 * torch.tensor(list(rate.values()), dtype=torch.float64)).var(unbiased=False).item(),
+            "dark_gap": 100 * ((rate["LF"] + rate["LM"]) / 2 - min(rate["DF"], rate["DM"]))}
+
+
+def compare_paired(a: list[float], b: list[float], endpoint: str, names=("standard", "dbvae")) -> dict:
+    """b - a over paired seeds: bootstrap BCa 95 % CI and exact sign-flip p of the mean difference. A direction
+    ("lower"/"higher") needs both p < ALPHA_TEST and a CI that excludes 0."""
+    d = [y - x for x, y in zip(a, b)]
+    ci, p = stats.bootstrap_ci(d), stats.sign_flip_p_value(d)
+    return {"endpoint": endpoint, "difference": f"{names[1]} - {names[0]}", "n_seeds": len(d),
+            names[0]: stats.summarize(a), names[1]: stats.summarize(b), "mean_diff": sum(d) / len(d),
+            "ci95": ci, "p_value": p, "test": "sign_flip", "alpha": ALPHA_TEST,
+            "verdict": stats.verdict(*ci) if p < ALPHA_TEST else "no significant difference", "per_seed_diff": d}
+
+
+def sampling_summary(histories: dict, fraction: float, epochs: int) -> dict:
+    """Per epoch, over seeds ({seed: [epoch rows]}): the dark faces' share of the DB-VAE's sampling mass, that
+    over their share of the faces (1 = no targeting), the mean percentile of their p, the other rule's mass."""
+    per_epoch = []
+    for e in range(epochs):
+        rows = [h[e] for h in histories.values()]
+        mass = [r["dark_sampling_mass"] for r in rows]
+        other = {k: stats.summarize([r[k] for r in rows]) for k in rows[0] if k.startswith("dark_sampling_mass_if_")}
+        per_epoch.append({"epoch": e + 1, "dark_mass": stats.summarize(mass), **other,
+                          "mass_over_share": sum(mass) / len(mass) / fraction if fraction > 0 else None,
+                          "dark_mean_p_percentile": stats.summarize([r["dark_mean_p_percentile"] for r in rows])})
+    return {"dark_share_of_faces": fraction, "per_epoch": per_epoch}
+
+
+def build_results(args, recipe: Recipe, data: LabData, runs: dict) -> dict:
+    """The lab_dbvae.json dict. runs: {model: {seed: Run}}."""
+    seeds, models = list(args.seeds), list(runs)
+    per_seed = {m: {s: runs[m][s].metrics for s in seeds} for m in models}
+    tests, metrics = list(per_seed["standard"][seeds[0]]), {m: {} for m in models}
+    for m, t in itertools.product(models, tests):  # seed statistics per model and test set
+        rows = [per_seed[m][s][t] for s in seeds]
+        o = metrics[m][t] = {key: {g: stats.summarize([r[key][g] for r in rows]) for g in GROUPS}
+                             for key in ("detect", "auc", "mean_p_face")}
+        o.update({key: stats.summarize([r[key] for r in rows])
+                  for key in ("group_var", "dark_gap", "threshold", "nonface_rejected")})
+        o.update(detected_per_seed={g: [r["detected"][g] for r in rows] for g in GROUPS}, n=rows[0]["n"])
+        if t == "mit":  # 15 faces per group: the binomial spread dominates; Wilson interval at the seed-mean count
+            o["wilson"] = {g: stats.wilson(round(sum(k) / len(k)), o["n"][g])
+                           for g, k in o["detected_per_seed"].items()}
+
+    def paired(key, a="standard", b="dbvae"):  # b - a per test set
+        return {t: compare_paired(*[[per_seed[m][s][t][key] for s in seeds] for m in (a, b)], key, (a, b))
+                for t in tests}
+    comparison, secondary = {}, {}
+    if len(seeds) > 1:
+        comparison, secondary = paired("group_var"), {"dark_gap": paired("dark_gap")}
+        if "standard_nodark" in runs:
+            secondary["control_vs_standard"] = paired("group_var", "standard_nodark", "standard")
+    gap = [per_seed["standard"][s]["jittered"]["dark_gap"] for s in seeds]
+    gap_ci = stats.bootstrap_ci(gap)  # one seed: [gap, gap]
+    augmentation = {"train": asdict(AUGMENT) if recipe.augment else None, "jittered_test": asdict(AUGMENT),
+                    "jitter_seed": recipe.jitter_seed, "padding": "reflection"}
+    return {"name": "lab_dbvae", "recipe": asdict(recipe), "seeds": seeds,
+            "groups": list(GROUPS), "models": {m: MODEL_NAMES[m] for m in models},
+            "test_sets": {t: TEST_SET_NAMES[t] for t in tests}, "reject": REJECT,
+            "primary_endpoint": {"name": "jittered_group_var", "comparison": "comparison.jittered",
+                                 "also": "secondary.dark_gap"},
+            "data": {"counts": data.counts(), "dark_fractions": data.dark_fractions,
+                     "source": "h5" if recipe.h5 else "UTKFace+Imagenette", "negative_classes": NEG_CLASSES,
+                     "decode_time_s": data.decode_time_s, "decoded_images": data.decoded_images,
+                     "augmentation": augmentation},
+            "metrics": metrics, "comparison": comparison, "secondary": secondary,
+            "standard_gap_jittered": {**stats.summarize(gap), "bootstrap_ci95": gap_ci, "measurable": gap_ci[0] > 0},
+            "sampling": (sampling_summary({s: runs["dbvae"][s].history for s in seeds}, data.dark_fractions["dbvae"],
+                                          recipe.epochs) if data.race is not None else None),
+            "per_seed": {m: {str(s): v for s, v in per_seed[m].items()} for m in models},
+            "history": {m: {str(s): runs[m][s].history for s in seeds} for m in models},
+            "params": {m: runs[m][seeds[0]].params for m in models},
+            "paper_reference": {"source": "Amini et al., AIES 2019", "benchmark": "Pilot Parliaments Benchmark"}}
+
+
+FIG_WIDTH = 8.0  # inches: placed at the report's 17 cm text width this is a 0.84 scale, so 9 pt -> 7.5 pt
+STYLE = {"font.size": 9, "axes.titlesize": 10, "figure.titlesize": 10, "legend.frameon": False,
+         "figure.autolayout": True}  # tight_layout at every draw
+
+
+def plot_groups(results: dict, path: Path) -> None:
+    """Detection rate per group, model and test set: seed mean with t 95 % CIs (MIT: Wilson, 15 faces)."""
+    m, tests, k = results["metrics"], list(results["test_sets"]), len(results["metrics"])
+    fig, axes = plt.subplots(1, len(tests), figsize=(FIG_WIDTH, 3.0), sharey=True, squeeze=False)
+    for ax, t in zip(axes[0], tests):
+        for i, model in enumerate(m):
+            mean = [m[model][t]["detect"][g]["mean"] for g in GROUPS]
+            ci = [(m[model][t]["wilson"] if t == "mit" else m[model][t]["detect"])[g]["ci95"] for g in GROUPS]
+            err = [[max(0.0, a - c[0]) for a, c in zip(mean, ci)], [max(0.0, c[1] - a) for a, c in zip(mean, ci)]]
+            ax.bar([j + (i - (k - 1) / 2) * 0.8 / k for j in range(len(GROUPS))], mean, 0.8 / k, yerr=err, capsize=2,
+                   label=MODEL_NAMES[model], error_kw={"lw": 0.8})
+        ax.set(xticks=range(len(GROUPS)), xticklabels=list(GROUPS), ylim=(0, 1.05), title=TEST_SET_NAMES[t])
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][len(tests) // 2].set_xlabel("group (L/D: light/dark skin, F/M: female/male)")
+    axes[0][0].set_ylabel(f"faces detected at {REJECT:.0%}\nnon-face rejection")
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=k)
+    fig.suptitle(f"Detection rate per group: mean over {len(results['seeds'])} seeds, 95 % CI (MIT: Wilson, 15 faces)")
+    save(fig, path)
+
+
+def plot_paired(results: dict, path: Path) -> None:
+    """(a) the primary endpoint per seed (grey) and its mean across the models; (b) the dark faces' share of the
+    DB-VAE's sampling mass per epoch, per seed and mean, against their share of the faces."""
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(FIG_WIDTH, 3.0))
+    gv, x = [m["jittered"]["group_var"] for m in results["metrics"].values()], range(len(results["metrics"]))
+    ax.plot(x, [v["values"] for v in gv], "o-", color="0.6", lw=0.8, ms=3)  # (models, seeds): a line per seed
+    ax.plot(x, [v["mean"] for v in gv], "s-", color="C3", lw=2, label="mean over seeds")
+    ax.set_xticks(x, [MODEL_NAMES[m].replace(", ", ",\n") for m in results["metrics"]])
+    ax.set(ylim=(0, None), ylabel="group variance (%²)\non the jittered test", title="(a) primary endpoint, per seed")
+    ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.34))
+    if samp := results["sampling"]:
+        rows = samp["per_epoch"]
+        ep = [r["epoch"] for r in rows]
+        bx.plot(ep, [[100 * v for v in r["dark_mass"]["values"]] for r in rows], "o-", color="0.6", lw=0.8, ms=3)
+        bx.plot(ep, [100 * r["dark_mass"]["mean"] for r in rows], "s-", color="C1", lw=2,
+                label="dark faces' share of the sampling mass (mean)")
+        for key in [k for k in rows[0] if k.startswith("dark_sampling_mass_if_")]:
+            bx.plot(ep, [100 * r[key]["mean"] for r in rows], "^:", color="C4", lw=1.5,
+                    label=f"the same had p used the {key.rsplit('_', 1)[-1]} rule (not used)")
+        bx.axhline(100 * samp["dark_share_of_faces"], color="k", ls="--", lw=1, label="their share of the faces")
+        bx.set(xticks=ep, ylim=(0, None))
+        bx.legend(loc="upper left", bbox_to_anchor=(-0.1, -0.3))
+    bx.set(xlabel="epoch (p re-estimated at its start)", ylabel="% of draws", title="(b) DB-VAE draws of dark faces")
+    save(fig, path)
+
+
+def plot_sampling_faces(faces: torch.Tensor, p: torch.Tensor, race: torch.Tensor | None, seed: int, path: Path):
+    """The training faces (uint8 (N, 3, H, W)) with the highest and lowest resampling probability p (N,)."""
+    n = min(8, len(p) // 2)
+    order = torch.argsort(p, descending=True, stable=True)
+    fig, axes = plt.subplots(2, n, figsize=(FIG_WIDTH, 3.6), squeeze=False)
+    for row, label, idx in zip(axes, ("highest p", "lowest p"), (order[:n], order[-n:].flip(0))):
+        for ax, i in zip(row, idx.tolist()):
+            ax.imshow(faces[i].permute(1, 2, 0).numpy())
+            tag = ("dark" if race[i] == DARK else "light") + "\n" if race is not None else ""
+            ax.set(xticks=[], yticks=[])
+            ax.set_title(f"{tag}{p[i] * len(p):.1f}× unif.", fontsize="medium")
+        row[0].set_ylabel(label)
+    fig.suptitle(f"DB-VAE seed {seed}: training faces with the highest / lowest resampling probability (last "
+                 "epoch;\nrace labels shown for reading only, never used in training)")
+    save(fig, path)
 
 
 def main(argv=None) -> dict:
-    args = get_args(argv)
-    fig_dir, res_dir, runs_dir = resolve_output_dirs(args)
-    device = pick_device(args.device)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
-    if args.smoke:
-        args.epochs, args.seeds = 1, args.seeds[:2]
-    augment = Augment()  # issue 11: +-6 px, zoom 0.85-1.15, +-10 deg, for training and the jittered test
-    # load: decoded images, the skewed/control training sets and the three test sets
-    data = load_lab_data(args.data_dir, train_faces=args.train_faces, dark_fraction=args.dark_fraction,
-                         test_per_group=args.test_per_group, split_seed=args.seed, jitter_seed=args.jitter_seed,
-                         augment=augment, smoke=args.smoke, h5=args.h5)
-    data["augment"] = augment
-    print(f"lab_dbvae: {data['counts']}, dark fractions {data['fractions']}, device={device}, "
-          f"threads={torch.get_num_threads()}, decode {data['decode_time_s']:.0f} s")
-    # train + evaluate: every model of every seed (paired: same data and order within a seed)
-    models = [m for m in MODELS if m in data["train"] and (m != "standard_nodark" or args.control)]
-    runs = {m: {} for m in models}
-    for seed in args.seeds:
+    args, recipe = get_args(argv)
+    fig_dir, res_dir, runs_dir, device = setup(args)
+    t_start, data = time.perf_counter(), load_lab_data(args.data_dir, recipe)
+    print(f"lab_dbvae: {data.counts()}, dark fractions {data.dark_fractions}, device={device}, "
+          f"threads={torch.get_num_threads()}, decode {data.decode_time_s:.0f} s")
+    models = [m for m in MODEL_NAMES if m in data.train and (m != "standard_nodark" or args.control)]
+    runs, tb_root = {m: {} for m in models}, tensorboard_dir(args, "lab_dbvae", runs_dir)
+    for seed in args.seeds:  # the models of a seed are paired: same data, same order, same augmentation
         for kind in models:
-            runs[kind][seed] = train_model(kind, seed, data, args, device, runs_dir,
-                                           augment if args.augment else None)
-    # statistics, figures, JSON
-    results = build_results(args, data, runs, time.perf_counter() - t_start)
-    write_figures(results, data, runs, args, fig_dir)
-    results["wall_time_s"] = time.perf_counter() - t_start
-    path = write_json_atomic(res_dir / "lab_dbvae.json", results)
+            runs[kind][seed] = run_model(kind, seed, data, recipe, device, runs_dir, args.resume, tb_root)
+    results = build_results(args, recipe, data, runs)
+    with plt.rc_context(STYLE):
+        plot_groups(results, fig_dir / "lab_dbvae_groups.png")
+        plot_paired(results, fig_dir / "lab_dbvae_paired.png")
+        first = args.seeds[0]
+        plot_sampling_faces(data.train["dbvae"], runs["dbvae"][first].p_faces, data.race, first,
+                            fig_dir / "lab_dbvae_sampling.png")
+    path = write_results(res_dir / "lab_dbvae.json", results, args, device, t_start)
     for t, c in results["comparison"].items():
-        print(f"{t:9s} group var standard {c['standard']['mean']:7.2f} -> DB-VAE {c['dbvae']['mean']:7.2f} %²; "
-              f"diff {c['mean_diff']:+.2f} CI [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}] p={c['p_value']:.3f}: "
-              f"{c['verdict']}")
+        lo, hi = c["ci95"]
+        print(f"{t:9s} group var {c['standard']['mean']:7.2f} -> {c['dbvae']['mean']:7.2f} %², diff "
+              f"{c['mean_diff']:+.2f} CI [{lo:+.2f}, {hi:+.2f}], p {c['p_value']:.3f}: {c['verdict']}")
     print(f"wrote {path} and figures in {fig_dir} ({results['wall_time_s']:.0f} s)")
     return results
 

@@ -1,27 +1,48 @@
 """Acceptance tests for the DB-VAE lab (common/dbvae.py, lab_dbvae.py).
 
 Every check compares against an independent reference (torch.distributions, empirical moments, a
-hand-built latent distribution) and fails if the implementation is wrong, e.g. if logsigma were
-treated as a log-std, if the face indicator were applied after the mean, or if the resampling
-weights were proportional to the density instead of its inverse.
+hand-built latent distribution, a hand computation) and fails if the implementation is wrong, e.g. if
+logsigma were treated as a log-std, if the face indicator were applied after the mean, or if the
+resampling weights were proportional to the density instead of its inverse.
 """
 from __future__ import annotations
 
 import itertools
 import math
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
 import pytest
 import torch
-from torch.distributions import Normal
-
-from common.dbvae import (DBVAE, IMAGE_SHAPE, Augment, DBVAELoss, FaceBatches, StandardCNN, compare_paired,
-                          dark_gap, dbvae_loss, epoch_batches, group_variance, jittered_copy, kl_latent_loss,
-                          load_h5, parse_utkface_name, rejection_threshold, reparameterize,
-                          sampling_probabilities, sampling_summary, group_metrics)
-from common.stats import sign_flip_p_value
 from conftest import DATA_DIR, assert_figure, load_result, run_script
+from torch.distributions import Normal
+from torch.nn import functional as F
+
+from common.dbvae import (
+    DBVAE,
+    IMAGE_SHAPE,
+    Augment,
+    StandardCNN,
+    batch_generators,
+    dbvae_loss,
+    epoch_batches,
+    kl_latent_loss,
+    sampling_probabilities,
+)
+from common.stats import sign_flip_p_value
+from lab_dbvae import (
+    SMOKE_MIN_DARK,
+    Recipe,
+    compare_paired,
+    get_args,
+    group_metrics,
+    jittered_copy,
+    load_h5,
+    parse_utkface_name,
+    rejection_threshold,
+    sampling_summary,
+)
 
 HAS_FACES = (DATA_DIR / "UTKFace").is_dir() and (DATA_DIR / "imagenette2-160").is_dir()
 needs_faces = pytest.mark.skipif(not HAS_FACES, reason=f"UTKFace/imagenette2-160 not found under {DATA_DIR}")
@@ -45,9 +66,20 @@ def test_kl_matches_monte_carlo():
 
 
 def test_reparameterisation_moments():
-    mu = torch.tensor([[-1.0, 0.5, 2.0]]).expand(200_000, 3)
-    logsigma = torch.tensor([[0.0, math.log(4.0), math.log(0.25)]]).expand(200_000, 3)  # variances 1, 4, 0.25
-    z = reparameterize(mu, logsigma, torch.Generator().manual_seed(0))
+    """z of the training loss has mean mu and std exp(logsigma / 2) (logsigma a log-variance): the decoder is
+    replaced by a probe that records z, the encoder by fixed (logit, mu, logsigma)."""
+    n = 200_000
+    mu = torch.tensor([[-1.0, 0.5, 2.0]]).expand(n, 3)
+    logsigma = torch.tensor([[0.0, math.log(4.0), math.log(0.25)]]).expand(n, 3)  # variances 1, 4, 0.25
+    seen = {}
+
+    def probe(z):
+        seen["z"] = z
+        return torch.zeros(len(z), 1)
+    model = SimpleNamespace(encode=lambda x: (torch.zeros(n), mu, logsigma), decoder=probe)
+    torch.manual_seed(0)
+    dbvae_loss(model, torch.zeros(n, 1), torch.ones(n))
+    z = seen["z"]
     torch.testing.assert_close(z.mean(0), mu[0], atol=0.02, rtol=0)
     torch.testing.assert_close(z.std(0), torch.tensor([1.0, 2.0, 0.5]), atol=0.02, rtol=0)
 
@@ -60,53 +92,66 @@ def _batch(n: int, label: float):
 def test_vae_term_ignored_for_non_faces():
     model = DBVAE(latent_dim=8)
     x, y = _batch(6, 0.0)
-    logit, mu, logsigma, recon = model(x)
-    loss = dbvae_loss(x, y, logit, mu, logsigma, recon)
+    loss, logit = dbvae_loss(model, x, y)
     model.zero_grad()
     loss.backward()
     dec = [p.grad for p in model.decoder.parameters()]
     assert all(g is not None for g in dec)
     assert all(torch.equal(g, torch.zeros_like(g)) for g in dec), "decoder got a gradient from non-faces"
     # the loss is then exactly the classification loss
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(logit, y)
-    torch.testing.assert_close(loss, bce, atol=0, rtol=0)
+    torch.testing.assert_close(loss, F.binary_cross_entropy_with_logits(logit, y), atol=0, rtol=0)
     # ... and for faces the decoder does learn (the test above cannot pass by a dead decoder)
     x, y = _batch(6, 1.0)
     model.zero_grad()
-    dbvae_loss(x, y, *model(x)).backward()
+    dbvae_loss(model, x, y)[0].backward()
     assert any(p.grad.abs().sum() > 0 for p in model.decoder.parameters())
 
 
 def test_dbvae_loss_is_per_example_mean():
-    """Mixed batch: mean_i [ BCE_i + 1[face_i] * VAE_i ], checked against a hand computation."""
+    """Mixed batch: mean_i [ BCE_i + 1[face_i] * VAE_i ] (paper Eq. 5), checked against a hand computation
+    with the same reparameterisation noise (drawn for the whole batch from the global generator)."""
     model = DBVAE(latent_dim=4)
     torch.manual_seed(0)
     x, y = torch.rand(4, *IMAGE_SHAPE), torch.tensor([1.0, 0.0, 1.0, 0.0])
-    logit, mu, logsigma, recon = model(x)
     kw = 0.1
+    torch.manual_seed(5)
+    loss, _ = dbvae_loss(model, x, y, kw)
+    torch.manual_seed(5)
+    eps = torch.randn(4, 4)
+    logit, mu, logsigma = model.encode(x)
     ref = []
     for i in range(4):
         bce = -(y[i] * torch.log(torch.sigmoid(logit[i])) + (1 - y[i]) * torch.log(1 - torch.sigmoid(logit[i])))
         kl = 0.5 * (logsigma[i].exp() + mu[i] ** 2 - 1 - logsigma[i]).sum()
-        vae = kw * kl + (x[i] - recon[i]).abs().mean()
+        recon = model.decoder((mu[i] + (0.5 * logsigma[i]).exp() * eps[i])[None])[0]
+        vae = kw * kl + (x[i] - recon).abs().mean()
         ref.append(bce + (vae if y[i] == 1 else 0.0))
-    torch.testing.assert_close(dbvae_loss(x, y, logit, mu, logsigma, recon, kw), torch.stack(ref).mean(),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss, torch.stack(ref).mean(), rtol=1e-5, atol=1e-6)
 
 
-def test_dbvae_loss_callable_equals_dbvae_loss():
-    """The training loop's DBVAELoss (decoder on faces only) equals the full-batch dbvae_loss exactly, given
-    the same reparameterisation noise, and gives the same gradients."""
+def eq5_full_batch(model, x, y, kl_weight, eps):
+    """Reference: paper Eq. 5 as written, decoding every example and zeroing the non-faces' VAE term
+    by the face indicator before the batch mean."""
+    logit, mu, logsigma = model.encode(x)
+    recon = model.decoder(mu + torch.exp(0.5 * logsigma) * eps)
+    cls = F.binary_cross_entropy_with_logits(logit, y, reduction="none")
+    vae = kl_weight * kl_latent_loss(mu, logsigma) + (x - recon).abs().flatten(1).mean(dim=1)
+    return (cls + (y == 1).to(cls.dtype) * vae).mean()
+
+
+def test_faces_only_decoding_equals_full_batch_eq5():
+    """The training loss (decoder on faces only) equals Eq. 5 decoding the whole batch, given the same
+    reparameterisation noise, and gives the same gradients."""
     torch.manual_seed(0)
     model = DBVAE(latent_dim=8)
     x, y = torch.rand(6, *IMAGE_SHAPE), torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
-    loss, logit = DBVAELoss(0.1, torch.Generator().manual_seed(5))(model, x, y)
-    ref = dbvae_loss(x, y, *model(x, generator=torch.Generator().manual_seed(5)), kl_weight=0.1)
+    torch.manual_seed(5)
+    loss, _ = dbvae_loss(model, x, y, 0.1)
+    torch.manual_seed(5)
+    ref = eq5_full_batch(model, x, y, 0.1, torch.randn(6, 8))
     torch.testing.assert_close(loss, ref, atol=1e-6, rtol=1e-6)
     g1 = torch.autograd.grad(loss, list(model.parameters()))
-    loss2, _ = DBVAELoss(0.1, torch.Generator().manual_seed(5))(model, x, y)
-    ref2 = dbvae_loss(x, y, *model(x, generator=torch.Generator().manual_seed(5)), kl_weight=0.1)
-    g2 = torch.autograd.grad(ref2, list(model.parameters()))
+    g2 = torch.autograd.grad(ref, list(model.parameters()))
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
@@ -114,8 +159,10 @@ def test_dbvae_loss_callable_equals_dbvae_loss():
 def test_model_shapes():
     x = torch.rand(2, *IMAGE_SHAPE)
     assert StandardCNN()(x).shape == (2, 1)
-    logit, mu, logsigma, recon = DBVAE(latent_dim=7)(x)
-    assert logit.shape == (2,) and mu.shape == logsigma.shape == (2, 7) and recon.shape == x.shape
+    model = DBVAE(latent_dim=7)
+    logit, mu, logsigma = model.encode(x)
+    assert logit.shape == (2,) and mu.shape == logsigma.shape == (2, 7) and model.decoder(mu).shape == x.shape
+    torch.testing.assert_close(model(x)[:, 0], logit)  # called on images: the face logit, like StandardCNN
     # the lab's layer widths: 12, 24, 48, 72 filters, dense 512
     convs = [m.out_channels for m in StandardCNN().modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs == [12, 24, 48, 72]
@@ -161,18 +208,29 @@ def test_sampling_probabilities_match_lab_numpy():
     np.testing.assert_allclose(sampling_probabilities(mu, 10, 1e-3, "max").numpy(), ref, rtol=1e-9)
 
 
+def _indexed(n: int) -> torch.Tensor:
+    """n one-pixel uint8 images whose value is their index, so a batch tells which images it drew."""
+    return torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1)
+
+
+def _drawn(x: torch.Tensor) -> torch.Tensor:
+    return (x.flatten() * 255).round().long()
+
+
 def test_epoch_batches_follow_p():
     """Batches are half faces, half non-faces; faces are drawn from p_faces."""
     p = torch.zeros(100, dtype=torch.float64)
     p[:10] = 0.1
-    gen = torch.Generator().manual_seed(0)
-    batches = list(epoch_batches(100, 37, 16, gen, p))
+    batches = list(epoch_batches(_indexed(100), _indexed(37), 16, batch_generators(0), p))
     assert len(batches) == 100 // 8
-    assert all(len(f) == 8 and len(n) == 8 for f, n in batches)
-    faces = torch.cat([f for f, _ in batches])
+    assert all(y.tolist() == [1.0] * 8 + [0.0] * 8 for _, y in batches)
+    faces = torch.cat([_drawn(x[:8]) for x, _ in batches])
     assert faces.max() < 10 and len(faces.unique()) > 5
-    negs = torch.cat([n for _, n in batches])
+    negs = torch.cat([_drawn(x[8:]) for x, _ in batches])
     assert negs.min() >= 0 and negs.max() < 37
+    # without p: shuffled passes, every face exactly once per epoch
+    uniform = torch.cat([_drawn(x[:8]) for x, _ in epoch_batches(_indexed(100), _indexed(37), 16, batch_generators(0))])
+    assert len(uniform) == len(uniform.unique()) == 96
 
 
 def test_parse_utkface_name():
@@ -211,7 +269,7 @@ def test_smoke_run(tmp_path):
             assert 0 <= m[t]["group_var"]["mean"] <= 50 ** 2  # percent^2: at most (100/2)^2
     assert r["data"]["dark_fractions"]["standard_nodark"] == 0.0 and r["data"]["dark_fractions"]["standard"] > 0
     assert r["primary_endpoint"]["name"] == "jittered_group_var"
-    assert len(r["sampling"]["per_epoch"]) == r["config"]["epochs"]
+    assert len(r["sampling"]["per_epoch"]) == r["recipe"]["epochs"] == 1
     for name in ("groups", "paired", "sampling"):
         assert_figure(tmp_path / "figures" / f"lab_dbvae_{name}.png")
 
@@ -232,7 +290,7 @@ def test_smoke_run_h5(tmp_path):
     assert r["sampling"] is None and "standard_nodark" not in r["metrics"]
 
 
-# ----------------------------------------------------------------------------- issue 11: metrics and statistics
+# ----------------------------------------------------------------------------- metrics and statistics
 def test_rejection_threshold_hand_computed():
     """200 non-faces with scores 0..199 (shuffled): 99 % rejection = the 198th smallest = 197; faces above it
     are detected, and exactly 198 of 200 non-faces (99 %) are at or below it."""
@@ -307,9 +365,9 @@ def test_augment_and_jittered_copy():
     same = Augment(0.0, 1.0, 1.0, 0.0)(x, torch.Generator().manual_seed(1))
     torch.testing.assert_close(same, x, atol=1e-5, rtol=0)
     u8 = (x * 255).round().to(torch.uint8)
-    a, b = jittered_copy(u8, Augment(), 7), jittered_copy(u8, Augment(), 7)
+    a, b = jittered_copy(u8, 7), jittered_copy(u8, 7, chunk=2)  # chunks change nothing
     assert torch.equal(a, b) and a.dtype == torch.uint8 and a.shape == u8.shape
-    assert not torch.equal(a, jittered_copy(u8, Augment(), 8))
+    assert not torch.equal(a, jittered_copy(u8, 8))
     assert (a.float() - u8.float()).abs().mean() > 5
 
 
@@ -317,18 +375,23 @@ def test_face_batches_pair_models():
     """Same seed -> same non-faces and augmentation for both models; half faces, half non-faces."""
     faces = torch.randint(0, 256, (40, *IMAGE_SHAPE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     negs = torch.randint(0, 256, (30, *IMAGE_SHAPE), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    a, b = FaceBatches(faces, negs, 8, 3, "cpu"), FaceBatches(faces, negs, 8, 3, "cpu")
-    b.p_faces = torch.full((40,), 1 / 40, dtype=torch.float64)
-    ba, bb = list(a), list(b)
-    assert len(ba) == len(a) == 40 // 4
+    p = torch.full((40,), 1 / 40, dtype=torch.float64)
+    ba = list(epoch_batches(faces, negs, 8, batch_generators(3), None, Augment()))
+    bb = list(epoch_batches(faces, negs, 8, batch_generators(3), p, Augment()))
+    assert len(ba) == len(bb) == 40 // 4
     for (xa, ya), (xb, yb) in zip(ba, bb):
         assert xa.shape == (8, *IMAGE_SHAPE) and ya.tolist() == [1.0] * 4 + [0.0] * 4
         torch.testing.assert_close(xa[4:], xb[4:])          # the same non-faces in the same order
+    assert not torch.equal(ba[0][0][:4], bb[0][0][:4])       # ... while the face draws differ
 
 
 def test_sampling_summary_and_group_helpers():
-    assert group_variance({"LF": 1.0, "LM": 1.0, "DF": 1.0, "DM": 1.0}) == 0.0
-    assert dark_gap({"LF": 0.9, "LM": 0.7, "DF": 0.5, "DM": 0.6}) == pytest.approx(30.0)
+    neg = torch.arange(100.0)  # threshold 98: a face scores 200 (detected) or 0 (not)
+    same = group_metrics({g: torch.full((10,), 200.0) for g in ("LF", "LM", "DF", "DM")}, neg, 0.99)
+    assert same["group_var"] == 0.0 and same["dark_gap"] == 0.0
+    rates = {"LF": 9, "LM": 7, "DF": 5, "DM": 6}  # detected of 10: light mean 80 %, worst dark 50 %
+    m = group_metrics({g: torch.tensor([200.0] * k + [0.0] * (10 - k)) for g, k in rates.items()}, neg, 0.99)
+    assert m["dark_gap"] == pytest.approx(30.0)
     hist = {0: [{"dark_sampling_mass": 0.02, "dark_mean_p_percentile": 60.0}],
             1: [{"dark_sampling_mass": 0.04, "dark_mean_p_percentile": 70.0}]}
     s = sampling_summary(hist, 0.01, 1)
@@ -337,10 +400,22 @@ def test_sampling_summary_and_group_helpers():
 
 
 def test_cli_refuses_bad_numbers():
-    from lab_dbvae import get_args
     for bad in (["--train-faces", "-5"], ["--dark-fraction", "1.5"], ["--alpha", "0"], ["--seeds", "-1"],
-                ["--test-per-group", "0"], ["--kl-weight", "-1"]):
+                ["--test-per-group", "0"], ["--kl-weight", "-1"], ["--split-seed", "-1"], ["--lr", "0"]):
         with pytest.raises(SystemExit):
             get_args(bad)
-    a = get_args([])
-    assert len(a.seeds) >= 8 and a.train_faces == 2000 and a.dark_fraction == 0.01
+    a, recipe = get_args([])
+    assert a.seeds == list(range(8)) and a.train_faces == 2000 and a.dark_fraction == 0.01
+    assert recipe == Recipe()  # the command line's defaults are the recipe at the top of the script
+    assert get_args(["--seed", "3"])[0].seeds == list(range(3, 11))  # --seed: the first of the 8 paired seeds
+    assert get_args(["--seed", "3", "--seeds", "5"])[0].seeds == [5]  # --seeds wins
+    assert get_args(["--smoke", "--seed", "3"])[0].seeds == [3, 4]
+
+
+def test_smoke_recipe_keeps_dark_faces():
+    """--smoke trains on 64 faces with at least SMOKE_MIN_DARK dark ones; the fraction stays exact."""
+    r = get_args(["--smoke"])[1]
+    assert r.smoke and r.epochs == 1 and r.train_faces == 64
+    assert round(r.dark_fraction * r.train_faces) == SMOKE_MIN_DARK
+    r = get_args(["--smoke", "--dark-fraction", "0.5"])[1]
+    assert round(r.dark_fraction * r.train_faces) == 32
