@@ -121,9 +121,16 @@ def random_affine(x: torch.Tensor, gen: torch.Generator, max_shift: float = MAX_
     # affine_grid works in normalised coordinates [-1, 1]: a shift of s pixels is 2s/size.
     tx, ty = rand[:, 1] * 2 * max_shift / w, rand[:, 2] * 2 * max_shift / h
     cos, sin = theta.cos(), theta.sin()
-    mat = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)  # (B, 2, 3)
-    grid = torch.nn.functional.affine_grid(mat, list(x.shape), align_corners=False)
-    return torch.nn.functional.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+    return warp(x, torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1))
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor, size: int | None = None, padding: str = "zeros") -> torch.Tensor:
+    """Float images x (B, C, H, W), each resampled (bilinear) through its own affine map theta (B, 2, 3) from
+    output to input coordinates in [-1, 1] (F.affine_grid) -> (B, C, size, size): the core of every batched
+    augmentation here (MNIST shifts and rotations, the labs' zooms and random-resized crops)."""
+    size = size or x.shape[-1]
+    grid = torch.nn.functional.affine_grid(theta.to(x), [len(x), x.shape[1], size, size], align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
 
 
 def shift_images(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
