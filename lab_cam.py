@@ -1,31 +1,26 @@
 """LAB01 exercise 2.3: Class Activation Maps (Zhou et al., CVPR 2016) of a CNN trained on Imagenette.
 
-A GAP + linear CNN (common/cam.py) is trained on the Imagenette v2 train split (160 px files); its predictions on
-the official val split ("test" in the history) are explained with CAMs and compared with Grad-CAM. Training views
-are random-resized crops + flips at --train-size; the val centre crop (--val-size) is larger, as such crops make
-objects look bigger (Touvron et al., NeurIPS 2019). OneCycle, AdamW, label smoothing.
+A GAP + linear CNN (common/cam.py) trained on Imagenette v2 train (160 px files) explains its predictions on the
+official val split ("test" in the history) with CAMs, compared with Grad-CAM. The val centre crop (--val-size) is
+larger than the random-resized training crops (--train-size), as those make objects look bigger (Touvron et al. 2019).
 
     DATA_DIR=../shared/data python lab_cam.py   # report/figures/lab_cam_*.png, cam/, results/lab_cam.json
-    DATA_DIR=../shared/data python lab_cam.py --smoke    # seconds, 2 images per class, into a temp dir
-"""
+    DATA_DIR=../shared/data python lab_cam.py --smoke    # seconds, 2 images per class, into a temp dir"""
 from __future__ import annotations
 
 import argparse
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import partial
-from itertools import groupby
-from operator import itemgetter
 
 import torch
-from torch.nn import functional as F
 from torchvision.transforms.v2.functional import center_crop
 from tqdm.auto import tqdm
 
 from common import utils
-from common.cam import CamCNN, border_share, generate_cam, grad_cam, normalise_map, predicted_class_cams
-from common.data import IMAGENETTE_CLASSES, TensorData, decode_images, imagenette_split, to_float
+from common.cam import CamCNN, border_share, generate_cam, grad_cam, input_size_cams, normalise_map
+from common.data import IMAGENETTE_CLASSES, TensorData, decode_images, imagenette_split, to_float, warp
 from common.models import count_parameters
 from common.train import EVAL_BATCH, Recipe, fit, predict, resolve_precision, tensorboard_dir
 from common.utils import UserError, fraction, number, positive_int
@@ -49,14 +44,14 @@ SMOKE_PER_CLASS, SMOKE_EPOCHS = 2, 1  # --smoke: 2 images x 10 classes per split
 DECODE_CHUNK = 512                    # images per decode call: bounds the memory of decoded full-size JPEGs
 WRONG_REASON_MIN_CONF = 0.5  # a 'right for the wrong reason' candidate must be at least this confident
 OVERVIEW_CLASSES = 5         # classes (rows) per overview figure: 5 rows at the text width fit one page
-GRADCAM_FIGURE_ROWS = 4      # val images shown in the CAM vs Grad-CAM figure
 GRADCAM_COLUMNS = ["original", "CAM (min-max)", "Grad-CAM (ReLU, min-max)", "|CAM - Grad-CAM|"]
 KIND_TITLES = {"correct": "most confident correct",
                "wrong_reason_candidate": f"correct, p ≥ {WRONG_REASON_MIN_CONF:.0%}, CAM in border",
                "misclassified": "most confident mistake"}
 
 
-def get_args(argv=None) -> argparse.Namespace:
+def get_args(argv=None) -> tuple[argparse.Namespace, CamRecipe]:
+    """The command line and the recipe its flags of the same names make (with the augmentation in words)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     utils.add_common_args(p, epochs=CamRecipe.epochs, batch_size=CamRecipe.batch_size, lr=CamRecipe.lr)
     p.add_argument("--channels", type=positive_int, nargs="+", default=[32, 64, 128, 256],
@@ -77,72 +72,54 @@ def get_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.val_size > args.img_size:
         p.error(f"--val-size {args.val_size} > --img-size {args.img_size}")
-    if args.smoke:
-        args.epochs = SMOKE_EPOCHS
-    return args
+    args.epochs = SMOKE_EPOCHS if args.smoke else args.epochs
+    aug = f"random-resized crops of {100 * args.min_scale:g}–100 % of the area to {args.train_size} px, flips"
+    return args, CamRecipe(augment=aug, **{k: v for k, v in vars(args).items() if hasattr(CamRecipe, k)})
 
 
-def recipe_from(args) -> CamRecipe:
-    """The run's recipe: the flags of the same names, and the augmentation in words for the record."""
-    words = f"random-resized crops of {100 * args.min_scale:g}–100 % of the area to {args.train_size} px, flips"
-    return CamRecipe(**{f.name: getattr(args, f.name) for f in fields(CamRecipe) if hasattr(args, f.name)},
-                     augment=words)
-
-
-def load_imagenette(data_dir, split: str, size: int = CamRecipe.img_size, per_class: int | None = None):
-    """Imagenette v2 `split` decoded once: (TensorData x (N, 3, size, size) uint8, y (N,), wnids, skipped paths).
-    Classes: the sorted WordNet ids (torchvision's official order); per_class keeps each class's first n files."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-    split_dir = imagenette_split(data_dir, split)
-    try:
-        wnids, wnid_to_idx = find_classes(str(split_dir))
-        samples = make_dataset(str(split_dir), wnid_to_idx, extensions=IMG_EXTENSIONS)  # sorted by class
-    except FileNotFoundError as exc:  # no class folder, or a class folder without images
-        raise UserError(f"'{split_dir}' has no usable images ({str(exc).splitlines()[0].rstrip('.')}); it should "
-                        f"hold one folder per Imagenette class (n01440764 ... n03888257) of JPEG images") from exc
-    samples = [s for _, group in groupby(samples, key=itemgetter(1)) for s in list(group)[:per_class]]
-    skipped = []  # decode_images adds the unreadable files here and leaves them out of x
-    with tqdm(total=len(samples), desc=f"decode {split}", unit="img", leave=False) as bar:
-        x = torch.cat([decode_images([p for p, _ in samples[i:i + DECODE_CHUNK]], size, bar=bar, skipped=skipped)
-                       for i in range(0, len(samples), DECODE_CHUNK)])            # (N, 3, S, S) uint8
-    bad = set(skipped)
-    y = torch.tensor([label for p, label in samples if p not in bad], dtype=torch.long)  # (N,)
-    if not len(y):
-        raise UserError(f"no image under '{split_dir}' could be decoded ({len(bad)} unreadable)")
-    return TensorData(x, y), wnids, skipped
-
-
-def load_data(data_dir, recipe: CamRecipe, per_class: int | None) -> dict:
-    """Both splits at recipe.img_size, the val images centre-cropped to recipe.val_size."""
+def load_data(data_dir, recipe: CamRecipe, per_class: int | None = None) -> dict:
+    """Imagenette v2 train and val, decoded once at recipe.img_size (x (N, 3, S, S) uint8), val centre-cropped to
+    recipe.val_size; classes: sorted WordNet ids (torchvision's order); per_class: each class's first n files."""
+    from torchvision.datasets import ImageFolder
     t0 = time.perf_counter()
-    train, wnids, skip_train = load_imagenette(data_dir, "train", recipe.img_size, per_class)
-    val, val_wnids, skip_val = load_imagenette(data_dir, "val", recipe.img_size, per_class)
-    if val_wnids != wnids:
-        raise UserError(f"train/val class folders differ: {wnids} vs {val_wnids}")
-    val = TensorData(center_crop(val.x, [recipe.val_size] * 2).contiguous(), val.y)  # (N, 3, V, V) uint8
-    return {"train": train, "val": val, "wnids": wnids, "names": [IMAGENETTE_CLASSES.get(w, w) for w in wnids],
-            "skipped": {"train": skip_train, "val": skip_val}, "load_time_s": time.perf_counter() - t0}
+    data = {"skipped": {}}
+    for split in ("train", "val"):
+        split_dir = imagenette_split(data_dir, split)
+        try:
+            ds = ImageFolder(str(split_dir))  # .samples: (path, class) sorted by class
+        except FileNotFoundError as exc:  # no class folder, or a class folder without images
+            raise UserError(f"'{split_dir}' has no usable images ({str(exc).splitlines()[0].rstrip('.')}); it should "
+                            f"hold one folder per Imagenette class (n01440764 ... n03888257) of JPEG images") from exc
+        if data.setdefault("wnids", ds.classes) != ds.classes:
+            raise UserError(f"train/val class folders differ: {data['wnids']} vs {ds.classes}")
+        samples = [s for c in range(len(ds.classes)) for s in [t for t in ds.samples if t[1] == c][:per_class]]
+        skipped = data["skipped"][split] = []  # decode_images adds the unreadable files here, leaves them out of x
+        with tqdm(total=len(samples), desc=f"decode {split}", unit="img", leave=False) as bar:
+            x = torch.cat([decode_images([p for p, _ in samples[i:i + DECODE_CHUNK]], recipe.img_size, bar, skipped)
+                           for i in range(0, len(samples), DECODE_CHUNK)])                 # (N, 3, S, S) uint8
+        y = torch.tensor([label for p, label in samples if p not in skipped], dtype=torch.long)  # (N,)
+        if not len(y):
+            raise UserError(f"no image under '{split_dir}' could be decoded ({len(skipped)} unreadable)")
+        data[split] = TensorData(center_crop(x, [recipe.val_size] * 2).contiguous() if split == "val" else x, y)
+    return data | {"names": [IMAGENETTE_CLASSES.get(w, w) for w in ds.classes], "load_time_s": time.perf_counter() - t0}
 
 
-def random_resized_crop(x: torch.Tensor, gen: torch.Generator, out_size: int,
-                        scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3), flip: bool = True) -> torch.Tensor:
+def random_resized_crop(x, gen: torch.Generator, out_size: int, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3), flip=True):
     """Batched RandomResizedCrop + RandomHorizontalFlip: x (B, 3, S, S) uint8/float -> (B, 3, out, out) in [0, 1].
     One affine map per image (a crop of relative width w centred at c: x -> w x + c in [-1, 1]), one grid_sample."""
-    b = x.shape[0]
-    r = torch.rand(b, 5, generator=gen)                                          # (B, 5) in [0, 1)
+    r = torch.rand(len(x), 5, generator=gen)                                     # (B, 5) in [0, 1)
     area = scale[0] + (scale[1] - scale[0]) * r[:, 0]                             # (B,) ~ U(scale)
     aspect = (math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * r[:, 1]).exp()  # w / h, log-uniform
     w, h = (area * aspect).sqrt().clamp(max=1.0), (area / aspect).sqrt().clamp(max=1.0)  # relative sides
     cx, cy = (1 - w) * (2 * r[:, 2] - 1), (1 - h) * (2 * r[:, 3] - 1)            # centre keeps crop inside
-    sign = torch.where(r[:, 4] < 0.5, -1.0, 1.0) if flip else torch.ones(b)       # -1: mirror x
-    theta = torch.stack([w * sign, torch.zeros(b), cx, torch.zeros(b), h, cy], 1).view(b, 2, 3)  # (B, 2, 3)
-    grid = F.affine_grid(theta.to(x.device), [b, x.shape[1], out_size, out_size], align_corners=False)
-    return F.grid_sample(to_float(x), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    sign = torch.where(r[:, 4] < 0.5, -1.0, 1.0) if flip else torch.ones_like(w)  # -1: mirror x
+    theta = torch.stack([w * sign, torch.zeros_like(w), cx, torch.zeros_like(h), h, cy], 1).view(-1, 2, 3)  # (B, 2, 3)
+    return warp(to_float(x), theta, out_size, padding="reflection")
 
 
 def evaluate_val(model: CamCNN, val: TensorData, names: list[str], device, batch_size: int = EVAL_BATCH) -> dict:
     """fp32 eval of every val image: logits (N, C), pred, conf (N,), CAMs (N, H, W), border share, accuracies."""
-    logits, cams = predict(model, val.x, device, batch_size, fn=partial(predicted_class_cams, model))
+    logits, cams = predict(model, val.x, device, batch_size, fn=partial(input_size_cams, model))
     conf, pred = logits.softmax(1).max(1)
     correct = pred == val.y
     confusion = torch.bincount(val.y * len(names) + pred, minlength=len(names) ** 2).view(len(names), -1)
@@ -160,31 +137,28 @@ def pick_examples(y, pred, conf, share, num_classes: int) -> dict[int, dict[str,
         sure = sure if len(sure) else ok                      # no confident right answer: any right answer
         best = int(ok[conf[ok].argmax()]) if len(ok) else None
         sure = sure[sure != best] if len(sure) > 1 else sure  # another image than the 'correct' pick
-        picks[c] = {"correct": best,
-                    "wrong_reason_candidate": int(sure[share[sure].argmax()]) if len(sure) else None,
+        picks[c] = {"correct": best, "wrong_reason_candidate": int(sure[share[sure].argmax()]) if len(sure) else None,
                     "misclassified": int(bad[conf[bad].argmax()]) if len(bad) else None}
     return picks
 
 
-def compare_gradcam(model: CamCNN, data: TensorData, n: int, names: list[str]) -> tuple[dict, dict]:
+def compare_gradcam(model: CamCNN, data: TensorData, n: int, names: list[str], figure_rows=4) -> tuple[dict, dict]:
     """CAM vs Grad-CAM on n val images spread evenly over the (class-sorted) data: Pearson r of the raw maps
     (no ReLU, equal up to 1/(h w)) and of min-max CAM vs standard ReLU Grad-CAM, and the Grad-CAM/CAM scale."""
     idx = torch.linspace(0, len(data) - 1, min(n, len(data))).round().long().unique()
-    shown = set(idx[torch.linspace(0, len(idx) - 1, GRADCAM_FIGURE_ROWS).round().long()].tolist())
+    shown = set(idx[torch.linspace(0, len(idx) - 1, figure_rows).round().long()].tolist())
     stats, rows = [], {}  # rows: figure row label -> (image, map) panels under GRADCAM_COLUMNS
     for i in idx.tolist():
         cam, c, _ = generate_cam(model, data.x[i], normalize=False)                # (H, W)
         gc, _ = grad_cam(model, data.x[i], c, normalize=False, relu=False)          # (H, W)
         cam_n, gc_n = normalise_map(cam), grad_cam(model, data.x[i], c)[0]          # min-max CAM, ReLU Grad-CAM
+        r = [torch.corrcoef(torch.stack([u.flatten(), v.flatten()]))[0, 1] for u, v in ((cam, gc), (cam_n, gc_n))]
         a, b = cam.flatten(), gc.flatten()                                          # (H W,)
-        stats.append((torch.corrcoef(torch.stack([a, b]))[0, 1],
-                      torch.corrcoef(torch.stack([cam_n.flatten(), gc_n.flatten()]))[0, 1],
-                      (b @ a) / (a @ a)))                                           # least-squares scale: b = s a
+        stats.append((*r, (b @ a) / (a @ a)))                                       # least-squares scale: b = s a
         if i in shown:
             rows[f"val #{i}\ntrue: {names[int(data.y[i])]}\npred: {names[c]}"] = [
                 (data.x[i], None), (None, cam_n), (None, gc_n), (None, (cam_n - gc_n).abs())]
-    # a constant map has no correlation (NaN): count it as agreement, as both maps are then flat
-    raw, minmax, scale = (torch.stack(v).nan_to_num(1.0) for v in zip(*stats))    # (n,) each
+    raw, minmax, scale = (torch.stack(v).nan_to_num(1.0) for v in zip(*stats))  # (n,); NaN r (flat maps): agreement
     h, w = (s // model.downsample for s in data.x.shape[-2:])
     return {"images": len(raw), "pearson_raw_mean": raw.mean().item(), "pearson_raw_min": raw.min().item(),
             "pearson_relu_minmax_mean": minmax.mean().item(), "pearson_relu_minmax_min": minmax.min().item(),
@@ -197,66 +171,58 @@ def write_figures(ev: dict, val: TensorData, names: list[str], hist, gradcam: di
     from common.plots import plot_curves
     for stale in [*(fig_dir / "cam").glob("*_val*.png"), *fig_dir.glob("lab_cam_overview_*.png")]:
         stale.unlink()  # the picks change between runs: never leave a stale one behind
-    examples, overview = [], []  # overview: one slot per class and kind, None where no image fits
-    for c, kinds in pick_examples(val.y, ev["pred"], ev["conf"], ev["border_share"], len(names)).items():
-        for kind, i in kinds.items():
-            if i is None:
-                overview.append(None)
-                continue
-            pred, conf, share = names[int(ev["pred"][i])], float(ev["conf"][i]), float(ev["border_share"][i])
-            path = save_cam_visualization(val.x[i], ev["cams"][i], names[c], pred, conf,
-                                          fig_dir / "cam" / f"{names[c].replace(' ', '_')}_{kind}_val{i}.png",
-                                          note=f"{KIND_TITLES[kind]}; border share {share:.0%}")
-            examples.append({"class": names[c], "kind": kind, "val_index": i, "pred": pred,
-                             "confidence": conf, "border_share": share, "figure": path})
-            overview.append({"image": val.x[i], "cam": ev["cams"][i], "true": names[c], "pred": pred, "conf": conf})
+    picks = pick_examples(val.y, ev["pred"], ev["conf"], ev["border_share"], len(names))
+    examples, overview = [], {}  # overview: (class, kind) -> panel; no entry where no image fits
+    for c, kind, i in [(c, kind, i) for c, kinds in picks.items() for kind, i in kinds.items() if i is not None]:
+        pred, conf, share = names[int(ev["pred"][i])], float(ev["conf"][i]), float(ev["border_share"][i])
+        path = save_cam_visualization(val.x[i], ev["cams"][i], names[c], pred, conf,
+                                      fig_dir / "cam" / f"{names[c].replace(' ', '_')}_{kind}_val{i}.png",
+                                      note=f"{KIND_TITLES[kind]}; border share {share:.0%}")
+        examples.append({"class": names[c], "kind": kind, "val_index": i, "pred": pred,
+                         "confidence": conf, "border_share": share, "figure": path})
+        overview[c, kind] = {"image": val.x[i], "cam": ev["cams"][i], "true": names[c], "pred": pred, "conf": conf}
     for k, first in enumerate(range(0, len(names), OVERVIEW_CLASSES), 1):
         last = min(first + OVERVIEW_CLASSES, len(names))
-        cam_overview_figure(overview[first * len(KIND_TITLES):last * len(KIND_TITLES)],
+        cam_overview_figure([overview.get((c, kind)) for c in range(first, last) for kind in KIND_TITLES],
                             fig_dir / f"lab_cam_overview_{k}.png",
                             f"CAMs of the predicted class on Imagenette val (val acc {ev['acc']:.1%}), "
                             f"classes {first + 1}–{last} of {len(names)}", list(KIND_TITLES.values()))
     plot_curves({"CAM CNN": hist}, fig_dir / "lab_cam_curves.png",
                 "lab_cam: loss (label-smoothed CE) and accuracy per epoch; 'test' = official val split")
-    map_rows(list(rows.values()), GRADCAM_COLUMNS, fig_dir / "lab_cam_gradcam.png",
-             f"CAM vs Grad-CAM on the same GAP + linear model, {gradcam['images']} val images\nmean Pearson r: "
-             f"raw maps {gradcam['pearson_raw_mean']:.4f}, ReLU + min-max {gradcam['pearson_relu_minmax_mean']:.3f}",
-             row_labels=list(rows))
+    map_rows(list(rows.values()), GRADCAM_COLUMNS, fig_dir / "lab_cam_gradcam.png", row_labels=list(rows),
+             title=f"CAM vs Grad-CAM on the same GAP + linear model, {gradcam['images']} val images\nmean Pearson r: "
+             f"raw maps {gradcam['pearson_raw_mean']:.4f}, ReLU + min-max {gradcam['pearson_relu_minmax_mean']:.3f}")
     return examples
 
 
 def main(argv=None) -> dict:
-    args = get_args(argv)
+    args, recipe = get_args(argv)
     fig_dir, res_dir, runs_dir, device = utils.setup(args)
     precision = resolve_precision(args.precision, device)
-    recipe = recipe_from(args)
     t_start = time.perf_counter()
     data = load_data(args.data_dir, recipe, SMOKE_PER_CLASS if args.smoke else None)
     train, val, names, skipped = data["train"], data["val"], data["names"], data["skipped"]
     print(f"lab_cam: {len(train)} train + {len(val)} val images in {data['load_time_s']:.1f} s (unreadable, skipped: "
           f"{len(skipped['train'])} + {len(skipped['val'])}); {device}, {precision}, {torch.get_num_threads()} threads")
-
     gen = utils.seed_everything(args.seed)
     model = CamCNN(args.channels, args.cam_channels, len(names), args.dropout).to(device)
     hist = fit(model, train, val, recipe, gen=gen, precision=precision,
-               loss_fn=partial(F.cross_entropy, label_smoothing=recipe.label_smoothing),
+               loss_fn=partial(torch.nn.functional.cross_entropy, label_smoothing=recipe.label_smoothing),
                augment=partial(random_resized_crop, out_size=recipe.train_size, scale=(recipe.min_scale, 1.0)),
                ckpt_path=runs_dir / "lab_cam.pt", resume=args.resume, tb_dir=tensorboard_dir(args, "lab_cam", runs_dir))
     fit_wall_time_s = time.perf_counter() - t_start - data["load_time_s"]
-
     ev = evaluate_val(model, val, names, device)  # fp32, eval mode: every reported number and map
     gradcam, rows = compare_gradcam(model, val, args.gradcam_images, names)
     examples = write_figures(ev, val, names, hist, gradcam, rows, fig_dir)
-    results = {"name": "lab_cam", "recipe": dict(asdict(recipe), precision=precision),
-               "seed": args.seed, "val_acc": ev["acc"], "val_loss": hist[-1]["test_loss"], "history": hist,
-               "classes": names, "wnids": data["wnids"], "per_class_val_acc": ev["per_class_acc"],
+    results = {"name": "lab_cam", "recipe": dict(asdict(recipe), precision=precision), "seed": args.seed,
+               "val_acc": ev["acc"], "val_loss": hist[-1]["test_loss"], "history": hist, "classes": names,
+               "wnids": data["wnids"], "per_class_val_acc": ev["per_class_acc"], "params": count_parameters(model),
                "confusion_matrix_true_by_pred": ev["confusion"], "train_images": len(train), "val_images": len(val),
-               "params": count_parameters(model), "skipped_images": {k: len(v) for k, v in skipped.items()},
-               "skipped_files": {k: [str(p) for p in v] for k, v in skipped.items()},
-               "feature_map_size": [recipe.val_size // model.downsample] * 2, "gradcam_comparison": gradcam,
-               "examples": examples, "mean_epoch_time_s": sum(h["epoch_time_s"] for h in hist) / len(hist),
-               "train_time_s": hist[-1]["train_time_s"], "data_load_time_s": data["load_time_s"],
-               "fit_wall_time_s": fit_wall_time_s}
+               "skipped_images": {k: len(v) for k, v in skipped.items()}, "gradcam_comparison": gradcam,
+               "skipped_files": {k: [str(p) for p in v] for k, v in skipped.items()}, "examples": examples,
+               "feature_map_size": [recipe.val_size // model.downsample] * 2, "fit_wall_time_s": fit_wall_time_s,
+               "mean_epoch_time_s": sum(h["epoch_time_s"] for h in hist) / len(hist),
+               "train_time_s": hist[-1]["train_time_s"], "data_load_time_s": data["load_time_s"]}
     path = utils.write_results(res_dir / "lab_cam.json", results, args, device, t_start, precision)
     print("\n class             | val acc\n" + "\n".join(f" {n:17s} | {a:.3f}" for n, a in ev["per_class_acc"].items()))
     print(f"val acc {ev['acc']:.4f}; CAM vs Grad-CAM r = {gradcam['pearson_raw_mean']:.5f} (raw), "

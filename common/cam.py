@@ -1,11 +1,7 @@
-"""Class Activation Maps (Zhou et al., CVPR 2016) and Grad-CAM (Selvaraju et al., ICCV 2017) for lab_cam.py: the
-model, the maps, their figures. With f_k(x, y) the k-th feature map of the last conv layer and w_k^c the weight of
-the linear layer from unit k to class c (Zhou et al., Eq. 1-2), M_c(x, y) = sum_k w_k^c f_k(x, y) says how much
-each location contributes to the logit of class c: S_c = sum_k w_k^c mean_{x,y} f_k(x, y) + b_c = mean M_c + b_c.
-"""
+"""Class Activation Maps (Zhou et al., CVPR 2016) and Grad-CAM (Selvaraju et al., ICCV 2017): model, maps, figures.
+With f_k(x, y) the last conv layer's k-th feature map and w_k^c the fc weight from unit k to class c (Zhou et al.,
+Eq. 1-2), M_c(x, y) = sum_k w_k^c f_k(x, y) is each location's share of the logit: S_c = mean_{x,y} M_c + b_c."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -14,8 +10,7 @@ from torchvision.transforms.v2.functional import normalize
 
 from .data import to_float
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # RGB statistics of ImageNet pixels in [0, 1]: the usual input normalisation
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # of ImageNet's RGB pixels in [0, 1]
 
 
 class CamCNN(nn.Module):
@@ -24,11 +19,9 @@ class CamCNN(nn.Module):
         for c in channels:  conv3x3(c) -> BatchNorm -> ReLU -> Dropout(p) -> MaxPool2x2   (H, W halve)
         CAM layer:          conv3x3(cam_channels) -> BatchNorm -> ReLU   = f_k(x, y), (B, K, H/2^n, W/2^n)
         GAP, fc:            mean over (x, y) (B, K) -> Linear(K, num_classes) -> logits (B, num_classes)
-    The CAM layer is not pooled, so the maps keep 1/2^n of the input resolution (Zhou et al. likewise cut their
-    networks to 14 x 14 maps at 224 px). Only one linear layer follows the GAP: that makes M_c exact."""
+    The CAM layer is unpooled (maps at 1/2^n of the input; Zhou et al.: 14 x 14 at 224 px); one fc makes M_c exact."""
 
-    def __init__(self, channels=(32, 64, 128, 256), cam_channels: int = 512, num_classes: int = 10,
-                 dropout: float = 0.0, in_channels: int = 3):
+    def __init__(self, channels=(32, 64, 128, 256), cam_channels=512, num_classes=10, dropout=0.0, in_channels=3):
         super().__init__()
         self.config = dict(kind="CamCNN", channels=list(channels), cam_channels=cam_channels,
                            num_classes=num_classes, dropout=dropout, in_channels=in_channels)
@@ -55,11 +48,9 @@ class CamCNN(nn.Module):
 
 
 def class_activation_maps(model: CamCNN, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Un-normalised CAMs of every class and the logits: ((B, C, h, w), (B, C)). M_c(x, y) = sum_k w_k^c f_k(x, y)
-    (Zhou et al. 2016, Eq. 2) at feature-map resolution; mean_{x,y} M_c + b_c is the logit exactly (tested)."""
-    f = model.features(x)                                        # (B, K, h, w)
-    cams = torch.einsum("ck,bkhw->bchw", model.fc.weight, f)     # (B, C, h, w)
-    return cams, model.head(f)
+    """The raw M_c of every class and the logits: ((B, C, h, w), (B, C)); mean M_c + b_c is the logit (tested)."""
+    f = model.features(x)                                                     # (B, K, h, w)
+    return torch.einsum("ck,bkhw->bchw", model.fc.weight, f), model.head(f)   # (B, C, h, w), (B, C)
 
 
 def normalise_map(m: torch.Tensor) -> torch.Tensor:
@@ -68,10 +59,10 @@ def normalise_map(m: torch.Tensor) -> torch.Tensor:
     return (m - lo) / (hi - lo).clamp_min(1e-12)
 
 
-def upsample(m: torch.Tensor, size) -> torch.Tensor:
-    """(h, w) or (B, h, w) map -> image size, bilinear (as Zhou et al. upsample CAMs to the image)."""
-    out = F.interpolate(m.reshape(-1, 1, *m.shape[-2:]), size=size, mode="bilinear", align_corners=False)
-    return out.reshape(*m.shape[:-2], *out.shape[-2:])
+def upsample(m: torch.Tensor, size, normalize: bool = False) -> torch.Tensor:
+    """Maps (B, h, w) -> (B, *size), bilinear as Zhou et al. upsample CAMs to the image; min-max scaled if normalize."""
+    m = F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return normalise_map(m) if normalize else m
 
 
 def border_share(cams: torch.Tensor) -> torch.Tensor:
@@ -83,27 +74,23 @@ def border_share(cams: torch.Tensor) -> torch.Tensor:
     return 1 - cams[:, top:top + ch, left:left + cw].sum((1, 2)) / cams.sum((1, 2)).clamp_min(1e-12)
 
 
-def predicted_class_cams(model: CamCNN, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched: logits (B, C) and the CAM of each image's predicted class, upsampled and min-max scaled (B, H, W)."""
+def input_size_cams(model: CamCNN, x: torch.Tensor, classes=None, normalize: bool = True):
+    """Batched: logits (B, C), each image's CAM (B, H, W) of classes[i] (default: predicted), min-max if normalize."""
     maps, out = class_activation_maps(model, x)                   # (B, C, h, w), (B, C)
-    m = maps[torch.arange(len(out)), out.argmax(1)]               # (B, h, w)
-    return out, normalise_map(upsample(m, x.shape[-2:]))
+    c = out.argmax(1) if classes is None else classes             # (B,)
+    return out, upsample(maps[torch.arange(len(out)), c], x.shape[-2:], normalize)   # (B, H, W)
 
 
 @torch.no_grad()
-def generate_cam(model: CamCNN, image: torch.Tensor, class_idx: int | None = None,
-                 normalize: bool = True) -> tuple[torch.Tensor, int, float]:
+def generate_cam(model: CamCNN, image: torch.Tensor, class_idx: int | None = None, normalize: bool = True):
     """CAM of one image (3, H, W): (M_c at (H, W), min-max scaled if normalize; c (default: predicted); p(c))."""
     model.eval()
-    cams, logits = class_activation_maps(model, image[None])     # (1, C, h, w), (1, C)
-    probs = logits.softmax(1)[0]                                  # (C,)
-    c = int(probs.argmax()) if class_idx is None else int(class_idx)
-    cam = upsample(cams[0, c], image.shape[-2:])                  # (H, W)
-    return (normalise_map(cam) if normalize else cam), c, float(probs[c])
+    logits, cam = input_size_cams(model, image[None], None if class_idx is None else [class_idx], normalize)
+    c = int(logits.argmax()) if class_idx is None else int(class_idx)
+    return cam[0], c, float(logits.softmax(1)[0, c])  # (H, W), class, p(class)
 
 
-def grad_cam(model: CamCNN, image: torch.Tensor, class_idx: int | None = None,
-             normalize: bool = True, relu: bool = True) -> tuple[torch.Tensor, int]:
+def grad_cam(model: CamCNN, image: torch.Tensor, class_idx: int | None = None, normalize=True, relu=True):
     """Grad-CAM on the same last feature maps: (map (H, W), class). alpha_k^c = mean_{x,y} dS_c/df_k(x, y),
     L_c = ReLU(sum_k alpha_k^c f_k). With GAP + one linear layer dS_c/df_k(x, y) = w_k^c / (h w), so before the
     ReLU Grad-CAM is CAM divided by h w: the same map up to scale (the ReLU clips negative evidence)."""
@@ -113,10 +100,8 @@ def grad_cam(model: CamCNN, image: torch.Tensor, class_idx: int | None = None,
         logits = model.head(f)                                           # (1, C)
         c = int(logits.argmax(1)) if class_idx is None else int(class_idx)
         (grad,) = torch.autograd.grad(logits[0, c], f)                  # (1, K, h, w)
-    alpha = grad.mean(dim=(2, 3))                                        # (1, K)
-    m = torch.einsum("bk,bkhw->bhw", alpha, f.detach())[0]               # (h, w)
-    m = upsample(m.clamp_min(0) if relu else m, image.shape[-2:])        # (H, W)
-    return (normalise_map(m) if normalize else m), c
+    m = torch.einsum("bk,bkhw->bhw", grad.mean(dim=(2, 3)), f.detach())  # alpha (1, K) -> (1, h, w)
+    return upsample(m.clamp_min(0) if relu else m, image.shape[-2:], normalize)[0], c  # (H, W), class
 
 
 def show(ax, image: torch.Tensor | None = None, cam: torch.Tensor | None = None):
@@ -128,8 +113,7 @@ def show(ax, image: torch.Tensor | None = None, cam: torch.Tensor | None = None)
         return ax.imshow(cam.cpu().numpy(), cmap="jet", vmin=0, vmax=1, alpha=None if image is None else 0.45)
 
 
-def map_rows(rows: list[list[tuple]], col_titles: list[str], path: Path, title: str, row_labels=(),
-             size=(2.15, 2.2), bar_label: str = "normalised map value") -> Path:
+def map_rows(rows, col_titles, path, title: str, row_labels=(), size=(2.15, 2.2), bar_label="normalised map value"):
     """Rows of (image, cam) panels drawn by show() under col_titles, one colour bar for all maps; size: a panel's."""
     from .plots import plt, save
     fig, axes = plt.subplots(len(rows), len(col_titles), figsize=(size[0] * len(col_titles), size[1] * len(rows) + 0.5),
@@ -144,8 +128,7 @@ def map_rows(rows: list[list[tuple]], col_titles: list[str], path: Path, title: 
     return save(fig, path)
 
 
-def save_cam_visualization(image: torch.Tensor, cam: torch.Tensor, true_name: str, pred_name: str,
-                           confidence: float, path: Path, note: str = "") -> Path:
+def save_cam_visualization(image, cam, true_name: str, pred_name: str, confidence: float, path, note: str = ""):
     """One figure: original | CAM (of the predicted class) | overlay, titled with true/pred/confidence."""
     mark = "correct" if true_name == pred_name else "WRONG"
     return map_rows([[(image, None), (None, cam), (image, cam)]], ["original", f"CAM of '{pred_name}'", "overlay"],
@@ -153,14 +136,13 @@ def save_cam_visualization(image: torch.Tensor, cam: torch.Tensor, true_name: st
                     size=(2.8, 2.8), bar_label="normalised CAM")
 
 
-def cam_overview_figure(items: list[dict | None], path: Path, title: str, col_titles: list[str]) -> Path:
+def cam_overview_figure(items: list[dict | None], path, title: str, col_titles: list[str]):
     """Rows (one class each) of (original, CAM overlay) pairs under col_titles; item: dict(image (3, H, W), cam
     (H, W), true, pred, conf), None for an empty slot; mistakes in red. ~8.7 in wide: placed at a 6.7 in text width."""
     from .plots import plt, save
     ncol, nrow = len(col_titles), -(-len(items) // len(col_titles))
-    fig, axes = plt.subplots(nrow, 2 * ncol, figsize=(2 * ncol * 1.45, nrow * 1.75 + 0.9), squeeze=False)
-    for ax in axes.flat:  # square like the images, so an empty slot's box (and the headers) line up with them
-        ax.set(xticks=[], yticks=[], aspect="equal", frame_on=False)
+    kw = dict(xticks=[], yticks=[], aspect="equal", frame_on=False)  # square like the images: empty slots line up
+    fig, axes = plt.subplots(nrow, 2 * ncol, figsize=(2 * ncol * 1.45, nrow * 1.75 + 0.9), squeeze=False, subplot_kw=kw)
     fig.subplots_adjust(wspace=0.05, hspace=0.32, top=1 - 0.9 / fig.get_figheight())  # wspace: within a pair
     for i, it in enumerate(items):
         a0, a1 = axes.reshape(-1, 2)[i]  # the i-th (original, overlay) pair, row by row
@@ -168,11 +150,9 @@ def cam_overview_figure(items: list[dict | None], path: Path, title: str, col_ti
             a0.text(0.5, 0.5, "none", ha="center", va="center", fontsize=9, transform=a0.transAxes)
             continue
         axes[i // ncol][0].set_ylabel(f"true:\n{it['true']}", fontsize=9.5)  # a row: one class, even if slots are empty
-        show(a0, it["image"])
-        show(a1, it["image"], it["cam"])
-        color = "k" if it["true"] == it["pred"] else "red"
-        a0.set_title(f"pred: {it['pred']}", fontsize=9.5, color=color)
-        a1.set_title(f"p = {it['conf']:.0%}", fontsize=9.5, color=color)
+        for ax, cam, text in ((a0, None, f"pred: {it['pred']}"), (a1, it["cam"], f"p = {it['conf']:.0%}")):
+            show(ax, it["image"], cam)
+            ax.set_title(text, fontsize=9.5, color="k" if it["true"] == it["pred"] else "red")
     for c, t in enumerate(col_titles):  # a header centred over each (original, overlay) pair, above the titles
         axes[0][2 * c].annotate(t, (1 + fig.subplotpars.wspace / 2, 1), xycoords="axes fraction", xytext=(0, 20),
                                 textcoords="offset points", ha="center", fontsize=10, fontweight="bold")

@@ -12,7 +12,7 @@ from common.cam import CamCNN, border_share, class_activation_maps, generate_cam
 from common.data import TensorData, imagenette_root
 from common.train import resolve_precision
 from common.utils import UserError
-from lab_cam import evaluate_val, load_imagenette, pick_examples, random_resized_crop
+from lab_cam import CamRecipe, evaluate_val, load_data, pick_examples, random_resized_crop
 
 HAS_IMAGENETTE = (imagenette_root(DATA_DIR) / "val").is_dir()
 needs_imagenette = pytest.mark.skipif(not HAS_IMAGENETTE,
@@ -127,11 +127,12 @@ def test_random_resized_crop_full_view_is_identity_or_mirror():
 
 
 def test_missing_or_empty_data_is_one_clear_error(tmp_path):
+    small = CamRecipe(img_size=32, val_size=32)
     with pytest.raises(UserError, match="Imagenette"):
-        load_imagenette(tmp_path, "train", 32)
+        load_data(tmp_path, small)
     (tmp_path / "imagenette2-160" / "train" / "n01440764").mkdir(parents=True)  # a class folder without images
     with pytest.raises(UserError, match="train' has no usable images.*one folder per Imagenette class"):
-        load_imagenette(tmp_path, "train", 32)
+        load_data(tmp_path, small)
 
 
 def test_precision_auto_is_bf16_only_with_native_bf16(monkeypatch):
@@ -146,12 +147,13 @@ def test_precision_auto_is_bf16_only_with_native_bf16(monkeypatch):
 
 
 def test_flags_make_the_recipe():
-    args = lab_cam.get_args(["--min-scale", "0.5", "--train-size", "48", "--label-smoothing", "0", "--epochs", "3"])
-    recipe = lab_cam.recipe_from(args)
+    args, recipe = lab_cam.get_args(["--min-scale", "0.5", "--train-size", "48", "--label-smoothing", "0",
+                                     "--epochs", "3"])
     assert (recipe.min_scale, recipe.train_size, recipe.label_smoothing, recipe.epochs) == (0.5, 48, 0.0, 3)
     assert (recipe.img_size, recipe.val_size, recipe.weight_decay) == (96, 80, 0.05)  # the defaults
     assert "50–100 %" in recipe.augment and "48 px" in recipe.augment and args.precision == "auto"
-    assert lab_cam.get_args(["--smoke", "--epochs", "9"]).epochs == lab_cam.SMOKE_EPOCHS
+    args, recipe = lab_cam.get_args(["--smoke", "--epochs", "9"])
+    assert args.epochs == recipe.epochs == lab_cam.SMOKE_EPOCHS
     for bad in (["--val-size", "97"], ["--min-scale", "0"], ["--bf16"], ["--precision", "fp16"]):
         with pytest.raises(SystemExit):
             lab_cam.get_args(bad)
@@ -161,14 +163,15 @@ def test_flags_make_the_recipe():
 def test_loader_returns_the_official_classes_in_order():
     from torchvision.datasets import Imagenette
 
-    data, wnids, skipped = load_imagenette(DATA_DIR, "val", 32, per_class=1)
-    assert wnids == [w for w, _ in OFFICIAL] and skipped == []
-    assert data.x.shape == (10, 3, 32, 32) and data.x.dtype == torch.uint8
-    assert data.y.tolist() == list(range(10))
-    both = lab_cam.load_data(DATA_DIR, lab_cam.CamRecipe(img_size=40, val_size=30), per_class=2)
+    one = load_data(DATA_DIR, CamRecipe(img_size=32, val_size=32), per_class=1)
+    assert one["wnids"] == [w for w, _ in OFFICIAL] and one["skipped"] == {"train": [], "val": []}
+    assert one["val"].x.shape == (10, 3, 32, 32) and one["val"].x.dtype == torch.uint8
+    assert one["train"].y.tolist() == one["val"].y.tolist() == list(range(10))
+    both = load_data(DATA_DIR, CamRecipe(img_size=40, val_size=30), per_class=2)
     assert both["names"] == [n for _, n in OFFICIAL] and both["train"].x.shape == (20, 3, 40, 40)
-    torch.testing.assert_close(both["val"].x, load_imagenette(DATA_DIR, "val", 40, 2)[0].x[..., 5:35, 5:35])
-    assert Imagenette(str(DATA_DIR), split="val", size="160px").wnids == wnids  # torchvision agrees
+    uncropped = load_data(DATA_DIR, CamRecipe(img_size=40, val_size=40), per_class=2)["val"].x
+    torch.testing.assert_close(both["val"].x, uncropped[..., 5:35, 5:35])
+    assert Imagenette(str(DATA_DIR), split="val", size="160px").wnids == one["wnids"]  # torchvision agrees
 
 
 @needs_imagenette
