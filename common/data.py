@@ -164,13 +164,9 @@ IMAGENETTE_CLASSES = {
 }
 
 
-def imagenette_root(data_dir: str | Path) -> Path:
-    return Path(data_dir).expanduser() / IMAGENETTE_DIR
-
-
 def imagenette_split(data_dir: str | Path, split: str) -> Path:
     """The folder of one Imagenette split ('train' or 'val'); a missing one is one clear line."""
-    root = imagenette_root(data_dir)
+    root = Path(data_dir).expanduser() / IMAGENETTE_DIR
     if not (root / split).is_dir():
         raise UserError(missing_data_message(f"Imagenette ({IMAGENETTE_DIR})", root))
     return root / split

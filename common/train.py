@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import AFFINE, TensorData, random_affine
+from .data import AFFINE, TensorData, describe_exception, random_affine
 from .stats import summarize
 from .utils import RUNS_DIR, UserError, atomic_write, native_bf16, seed_everything
 
@@ -135,7 +135,7 @@ def load_checkpoint(path: Path, model: nn.Module) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # empty or truncated file, random bytes, a pickle of disallowed objects
-        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+        why = describe_exception(exc).split(". ")[0]  # torch's advice to load with weights_only=False: not ours
         raise UserError(f"cannot read checkpoint {path} ({why}); delete it, and the run that needs it trains "
                         f"it again") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
@@ -184,8 +184,7 @@ class TensorBoardLog:
 
     def __init__(self, log_dir: Path):
         from torch.utils.tensorboard import SummaryWriter  # lazy: only with --tensorboard
-        self.log_dir = Path(log_dir)
-        self.writer = SummaryWriter(str(self.log_dir))
+        self.writer = SummaryWriter(str(log_dir))
 
     @staticmethod
     def tag(key: str) -> str:
@@ -228,12 +227,9 @@ def make_optimizer(model: nn.Module, recipe: Recipe, params, steps_per_epoch: in
 def fit(model: nn.Module, train: TensorData, test: TensorData, recipe: Recipe, *, gen: torch.Generator,
         loss_fn: Callable = cross_entropy, augment: Callable | None = None, params=None, precision: str = "fp32",
         ckpt_path: Path | None = None, resume: bool = False, tb_dir: Path | None = None) -> list[dict]:
-    """Train `model` (already on its device) with `recipe` and return the per-epoch history.
-
-    augment: a batch augmentation (x, gen) -> x; default random_affine when recipe.augment says so.
-    params: parameter groups with their own lr. With `ckpt_path`, weights, optimiser and RNG states are
-    saved after every epoch; `resume` continues from there, refusing a checkpoint of another recipe.
-    """
+    """Train `model` (already on its device) with `recipe`; the per-epoch history. augment: (x, gen) -> x, by
+    default random_affine when the recipe says so; params: groups with their own lr. With `ckpt_path` the
+    weights, optimiser and RNG states are saved after every epoch, and `resume` continues from there."""
     model.to(memory_format=torch.channels_last)  # NHWC activations: oneDNN's faster CPU conv kernels
     augment = augment or (random_affine if recipe.augment == AFFINE else None)
     steps = -(-len(train) // recipe.batch_size)

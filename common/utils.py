@@ -168,21 +168,13 @@ def add_model_args(parser: argparse.ArgumentParser, *, hidden: bool = True) -> N
         parser.add_argument("--hidden", type=positive_int, default=64, help="hidden units of the MLP head (default 64)")
 
 
-def smoke_output_dir() -> Path:
-    """A temp folder for a --smoke run without --out-dir, removed when the process exits (saying so)."""
-    out = Path(tempfile.mkdtemp(prefix="smoke_"))
-
-    def remove():
-        shutil.rmtree(out, ignore_errors=True)
-        print(f"(smoke run: removed {out}; pass --out-dir to keep the outputs)")
-    atexit.register(remove)
-    return out
-
-
 def setup(args: argparse.Namespace) -> tuple[Path, Path, Path, torch.device]:
     """(figures_dir, results_dir, runs_dir, device) of a run, and its CPU threads set. --smoke never writes
     over the committed report/; an --out-dir that is a file is one clear line."""
-    out = args.out_dir or (smoke_output_dir() if args.smoke else REPORT_DIR)
+    out = args.out_dir or REPORT_DIR
+    if args.smoke and args.out_dir is None:  # a temp folder, removed at exit: smoke runs only check a script runs
+        out = Path(tempfile.mkdtemp(prefix="smoke_"))
+        atexit.register(shutil.rmtree, out, ignore_errors=True)
     runs = getattr(args, "runs_dir", None) or (out / "runs" if args.smoke else RUNS_DIR)
     dirs = (out / "figures", out / "results") + ((runs,) if hasattr(args, "runs_dir") else ())
     for d in dirs:

@@ -9,12 +9,12 @@ from torch.nn import functional as F
 
 import lab_cam
 from common.cam import CamCNN, border_share, class_activation_maps, generate_cam, grad_cam, normalise_map
-from common.data import TensorData, imagenette_root
+from common.data import IMAGENETTE_DIR, TensorData
 from common.train import resolve_precision
 from common.utils import UserError
 from lab_cam import CamRecipe, evaluate_val, load_data, pick_examples, random_resized_crop
 
-HAS_IMAGENETTE = (imagenette_root(DATA_DIR) / "val").is_dir()
+HAS_IMAGENETTE = (DATA_DIR / IMAGENETTE_DIR / "val").is_dir()
 needs_imagenette = pytest.mark.skipif(not HAS_IMAGENETTE,
                                       reason=f"imagenette2-160 not found under {DATA_DIR} (set DATA_DIR)")
 
