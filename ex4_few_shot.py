@@ -19,7 +19,7 @@ import time
 from common import fewshot
 from common.models import Classifier, count_parameters
 from common.plots import plot_curves
-from common.train import Recipe, fit, fit_seeds, tensorboard_dir
+from common.train import Recipe, fit, tensorboard_dir
 from common.utils import run_main, setup, write_results
 
 # The 100 images form one full batch, so an epoch is one AdamW step at a constant learning rate and the
@@ -51,7 +51,7 @@ def main(argv=None) -> dict:
         tb_seed = tb / f"seed{gen.initial_seed()}" if tb else None
         return models[-1], fit(models[-1], data.train, data.curve_test, recipe, gen=gen, tb_dir=tb_seed)
 
-    r = fit_seeds(train_one, seeds, data.curve_test, data.test, desc="ex4")
+    r = fewshot.fit_seeds(train_one, seeds, data.curve_test, data.test, desc="ex4")
     model = models[0]
     results = {"name": "ex4",
                "recipe": dataclasses.asdict(recipe), "model": model.config,

@@ -39,7 +39,7 @@ from common.data import AFFINE, TensorData
 from common.models import AE_RECIPE, AutoEncoder, Classifier
 from common.plots import plot_curves
 from common.stats import paired, standardise
-from common.train import Recipe, fit, fit_seeds, load_or_fit, mean_l1, predict, tensorboard_dir
+from common.train import Recipe, fit, load_or_fit, mean_l1, predict, tensorboard_dir
 from common.utils import fraction, learning_rate, positive_int, run_main, seed_everything, setup, write_results
 
 # ex4's recipe, repeated because the `scratch` variant must be ex4's run (tests/test_fewshot.py checks that
@@ -212,7 +212,7 @@ def main(argv=None) -> dict:
                               params=groups(model) if groups else None,
                               tb_dir=tb / f"seed{gen.initial_seed()}" if tb else None)
 
-        r = fit_seeds(selftrain_fn(args, ae, data, device) if name == "selftrain" else train_one, seeds,
+        r = fewshot.fit_seeds(selftrain_fn(args, ae, data, device) if name == "selftrain" else train_one, seeds,
                       data.curve_test, data.test, desc=f"ex5 {name}")
         results["variants"][name] = {"label": label, "augment": v_recipe.augment, **r}
     results["comparisons"] = compare(results["variants"], seeds)

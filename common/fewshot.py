@@ -1,4 +1,4 @@
-"""The few-label setting of ex4 and ex5: the first N MNIST training images, many seeds, one table.
+"""The few-label setting of ex4 and ex5: the first N MNIST training images, many seeds, their summary.
 
 Shared so that ex5's `scratch` variant is ex4's run (same data, recipe and seeds), which makes every
 ex5-vs-scratch comparison a paired one (common.stats.paired).
@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
+from tqdm.auto import tqdm
 
 from .data import SMOKE_TRAIN, TensorData, first_n, load_mnist
-from .train import Recipe
-from .utils import UserError, add_common_args, add_model_args, fraction, number, positive_int, seed_int
+from .stats import summarize
+from .train import Recipe, cross_entropy, evaluate
+from .utils import UserError, add_common_args, add_model_args, fraction, number, positive_int, seed_everything, seed_int
 
 SMOKE_TEST = 500  # --smoke: test images (and data.SMOKE_TRAIN images in the unlabelled pool)
 
@@ -84,3 +87,61 @@ def print_table(rows: dict[str, dict], reference: str | None = None) -> None:
         print(f" {r.get('label', name):40s} | {ci(r['final_test_acc']):24s} | "
               f"{ci(r['final_test_loss'], 1.0, '.3f'):24s} | {cmp}")
     print(" (means over seeds; 95% CI = Student t interval of the mean; p = paired t-test on the same seeds)")
+
+
+def aggregate_histories(histories: list[list[dict]]) -> list[dict]:
+    """Mean over seeds of every metric, row by row (runs share their epochs), plus `<metric>_std`."""
+    mean_rows = []
+    for rows in zip(*histories):
+        row = {"epoch": rows[0]["epoch"]}
+        for key in rows[0]:
+            if key == "epoch" or not all(key in r for r in rows):
+                continue
+            vals = torch.tensor([float(r[key]) for r in rows], dtype=torch.float64)
+            row[key] = vals.mean().item()
+            if len(vals) > 1 and not key.endswith("time_s") and key != "lr":
+                row[f"{key}_std"] = vals.std().item()
+        mean_rows.append(row)
+    return mean_rows
+
+
+def overfitting_summary(history: list[dict]) -> dict:
+    """Whether and when a run over-fits: the epoch of the lowest test loss, the first epoch with 100 %
+    training accuracy, the train - test gaps at the end, and how far the test loss rose from its minimum."""
+    evals = [r for r in history if "test_loss" in r]
+    best, last = min(evals, key=lambda r: r["test_loss"]), evals[-1]
+    return {"epoch_min_test_loss": best["epoch"], "min_test_loss": best["test_loss"],
+            "test_acc_at_min_test_loss": best.get("test_acc"),
+            "epoch_train_acc_100": next((r["epoch"] for r in history if r.get("train_acc", 0) >= 1.0), None),
+            "final_gap_acc": last.get("train_acc", float("nan")) - last.get("test_acc", float("nan")),
+            "final_gap_loss": last["test_loss"] - last["train_loss"],
+            "test_loss_rise": last["test_loss"] - best["test_loss"]}
+
+
+def fit_seeds(train_one: Callable[[torch.Generator], tuple[torch.nn.Module, list[dict]]], seeds,
+              curve_test: TensorData, final_test: TensorData, desc: str) -> dict:
+    """One fresh run per seed (few-label runs are noisy), every final metric summarised over seeds.
+
+    train_one(gen) -> (model, history) is called right after seeding, so initialisation and batch order
+    both follow the seed and a seed's result does not depend on the seeds run before it. `curve_test` is
+    what the histories evaluated; `final_test` is evaluated once per seed for the reported numbers.
+    """
+    histories, finals = [], []
+    bar = tqdm(seeds, desc=desc, unit="seed", dynamic_ncols=True)
+    for seed in bar:
+        model, history = train_one(seed_everything(seed))
+        histories.append(history)
+        finals.append(evaluate(model, final_test, cross_entropy))
+        bar.set_postfix(seed=seed, test_acc=f"{finals[-1]['acc']:.4f}")
+    mean = aggregate_histories(histories)
+    over_seeds = lambda values: summarize(list(values))  # noqa: E731
+    return {"seeds": list(seeds), "curve_test_size": len(curve_test), "final_test_size": len(final_test),
+            "final_test_acc": over_seeds(f["acc"] for f in finals),
+            "final_test_loss": over_seeds(f["loss"] for f in finals),
+            "final_train_acc": over_seeds(h[-1]["train_acc"] for h in histories),
+            "final_train_loss": over_seeds(h[-1]["train_loss"] for h in histories),
+            "final_gap_acc": over_seeds(h[-1]["train_acc"] - f["acc"] for h, f in zip(histories, finals)),
+            "overfitting": overfitting_summary(mean),
+            "overfitting_per_seed": [overfitting_summary(h) for h in histories],
+            "train_time_s": over_seeds(h[-1]["train_time_s"] for h in histories),
+            "mean_history": mean, "history": {str(s): h for s, h in zip(seeds, histories)}}

@@ -17,7 +17,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import AFFINE, TensorData, describe_exception, random_affine
-from .stats import summarize
 from .utils import RUNS_DIR, UserError, atomic_write, native_bf16, seed_everything
 
 EVAL_BATCH = 2000  # images per evaluation batch: one MNIST test pass is 5 batches; memory stays < 1 GB
@@ -278,62 +277,3 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, recipe: Recipe, *
     if tb is not None:
         tb.close(asdict(recipe), history[-1])
     return history
-
-
-# ----------------------------------------------------------------------------- many seeds
-def aggregate_histories(histories: list[list[dict]]) -> list[dict]:
-    """Mean over seeds of every metric, row by row (runs share their epochs), plus `<metric>_std`."""
-    mean_rows = []
-    for rows in zip(*histories):
-        row = {"epoch": rows[0]["epoch"]}
-        for key in rows[0]:
-            if key == "epoch" or not all(key in r for r in rows):
-                continue
-            vals = torch.tensor([float(r[key]) for r in rows], dtype=torch.float64)
-            row[key] = vals.mean().item()
-            if len(vals) > 1 and not key.endswith("time_s") and key != "lr":
-                row[f"{key}_std"] = vals.std().item()
-        mean_rows.append(row)
-    return mean_rows
-
-
-def overfitting_summary(history: list[dict]) -> dict:
-    """Whether and when a run over-fits: the epoch of the lowest test loss, the first epoch with 100 %
-    training accuracy, the train - test gaps at the end, and how far the test loss rose from its minimum."""
-    evals = [r for r in history if "test_loss" in r]
-    best, last = min(evals, key=lambda r: r["test_loss"]), evals[-1]
-    return {"epoch_min_test_loss": best["epoch"], "min_test_loss": best["test_loss"],
-            "test_acc_at_min_test_loss": best.get("test_acc"),
-            "epoch_train_acc_100": next((r["epoch"] for r in history if r.get("train_acc", 0) >= 1.0), None),
-            "final_gap_acc": last.get("train_acc", float("nan")) - last.get("test_acc", float("nan")),
-            "final_gap_loss": last["test_loss"] - last["train_loss"],
-            "test_loss_rise": last["test_loss"] - best["test_loss"]}
-
-
-def fit_seeds(train_one: Callable[[torch.Generator], tuple[nn.Module, list[dict]]], seeds, curve_test: TensorData,
-              final_test: TensorData, desc: str) -> dict:
-    """One fresh run per seed (few-label runs are noisy), every final metric summarised over seeds.
-
-    train_one(gen) -> (model, history) is called right after seeding, so initialisation and batch order
-    both follow the seed and a seed's result does not depend on the seeds run before it. `curve_test` is
-    what the histories evaluated; `final_test` is evaluated once per seed for the reported numbers.
-    """
-    histories, finals = [], []
-    bar = tqdm(seeds, desc=desc, unit="seed", dynamic_ncols=True)
-    for seed in bar:
-        model, history = train_one(seed_everything(seed))
-        histories.append(history)
-        finals.append(evaluate(model, final_test, cross_entropy))
-        bar.set_postfix(seed=seed, test_acc=f"{finals[-1]['acc']:.4f}")
-    mean = aggregate_histories(histories)
-    over_seeds = lambda values: summarize(list(values))  # noqa: E731
-    return {"seeds": list(seeds), "curve_test_size": len(curve_test), "final_test_size": len(final_test),
-            "final_test_acc": over_seeds(f["acc"] for f in finals),
-            "final_test_loss": over_seeds(f["loss"] for f in finals),
-            "final_train_acc": over_seeds(h[-1]["train_acc"] for h in histories),
-            "final_train_loss": over_seeds(h[-1]["train_loss"] for h in histories),
-            "final_gap_acc": over_seeds(h[-1]["train_acc"] - f["acc"] for h, f in zip(histories, finals)),
-            "overfitting": overfitting_summary(mean),
-            "overfitting_per_seed": [overfitting_summary(h) for h in histories],
-            "train_time_s": over_seeds(h[-1]["train_time_s"] for h in histories),
-            "mean_history": mean, "history": {str(s): h for s, h in zip(seeds, histories)}}

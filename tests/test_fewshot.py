@@ -13,7 +13,7 @@ import ex5_finetune as ex5
 from common import fewshot
 from common.data import TensorData, first_n
 from common.models import AutoEncoder, Classifier
-from common.train import Recipe, aggregate_histories, fit, fit_seeds, mean_l1, overfitting_summary, predict
+from common.train import Recipe, fit, mean_l1, predict
 from common.utils import UserError, seed_everything
 
 
@@ -65,11 +65,11 @@ def test_overfitting_summary_and_aggregation():
     h = [{"epoch": 1, "train_loss": 2.0, "train_acc": 0.5, "test_loss": 1.5, "test_acc": 0.4, "train_time_s": 1},
          {"epoch": 2, "train_loss": 1.0, "train_acc": 1.0, "train_time_s": 2},
          {"epoch": 3, "train_loss": 0.1, "train_acc": 1.0, "test_loss": 1.8, "test_acc": 0.6, "train_time_s": 3}]
-    o = overfitting_summary(h)
+    o = fewshot.overfitting_summary(h)
     assert o["epoch_min_test_loss"] == 1 and o["epoch_train_acc_100"] == 2
     assert o["final_gap_acc"] == pytest.approx(0.4) and o["test_loss_rise"] == pytest.approx(0.3)
     h2 = [dict(r, train_loss=r["train_loss"] + 1) for r in h]
-    mean = aggregate_histories([h, h2])
+    mean = fewshot.aggregate_histories([h, h2])
     assert [r["train_loss"] for r in mean] == pytest.approx([2.5, 1.5, 0.6])
     assert mean[0]["train_loss_std"] == pytest.approx(2 ** -0.5)  # sample std of {x, x+1}
     assert "test_loss" not in mean[1]
@@ -104,8 +104,8 @@ def test_a_seed_gives_the_same_result_alone_as_among_other_seeds():
     def train_one(gen):
         model = Classifier(channels=(4, 8), hidden=16)
         return model, fit(model, few, curve, recipe, gen=gen)
-    both = fit_seeds(train_one, [0, 1], curve, full, desc="t")
-    alone = fit_seeds(train_one, [1], curve, full, desc="t")
+    both = fewshot.fit_seeds(train_one, [0, 1], curve, full, desc="t")
+    alone = fewshot.fit_seeds(train_one, [1], curve, full, desc="t")
     assert _untimed(both["history"]["1"]) == _untimed(alone["history"]["1"])
     assert both["final_test_acc"]["values"][1] == alone["final_test_acc"]["values"][0]
     assert _untimed(both["history"]["0"]) != _untimed(both["history"]["1"])  # and the seeds really differ
@@ -118,7 +118,7 @@ def test_fit_seeds_summaries_use_the_final_evaluation_on_the_whole_test_set():
     def train_one(gen):
         model = Classifier(channels=(4, 8), hidden=16)
         return model, fit(model, few, curve, recipe, gen=gen)
-    r = fit_seeds(train_one, [0, 1, 2], curve, full, desc="t")
+    r = fewshot.fit_seeds(train_one, [0, 1, 2], curve, full, desc="t")
     assert r["curve_test_size"] == 10 and r["final_test_size"] == len(full)
     acc = r["final_test_acc"]
     # accuracies on 96 images are multiples of 1/96; the curve subset (10 images) gives multiples of 1/10
