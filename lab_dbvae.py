@@ -15,19 +15,18 @@ import copy
 import itertools
 import math
 import time
+from collections import namedtuple
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from common import dbvae, stats, utils
 from common.data import IMAGENETTE_CLASSES, decode_images, imagenette_split, require_images, to_float
 from common.dbvae import AUGMENT, DBVAE, IMAGE_SHAPE, StandardCNN, dbvae_loss, sampling_probabilities
-from common.models import count_parameters
 from common.plots import plt, save
 from common.train import TensorBoardLog, load_checkpoint, predict, save_checkpoint, tensorboard_dir
 from common.utils import UserError, add_common_args, run_main, seed_everything, setup, write_results
@@ -55,7 +54,6 @@ class Recipe:
     augment: bool = flag(True, None, "random shift/zoom/rotation", action=argparse.BooleanOptionalAction)
     split_seed: int = flag(0, utils.seed_int, "seed of the UTKFace train/test split, the same for every seed")
     jitter_seed: int = flag(1234, utils.seed_int, "seed of the fixed jittered test copy")
-    h5: str | None = flag(None, str, "train on the lab's train_face.h5 (images, labels), not UTKFace/Imagenette")
     smoke: bool = False   # a slice of the data that runs in seconds
 
 
@@ -71,18 +69,17 @@ NEG_CLASSES = {w: IMAGENETTE_CLASSES[w] for w in ("n02979186", "n03028079", "n03
 MODEL_NAMES = {"standard": "standard CNN", "dbvae": "DB-VAE", "standard_nodark": "standard CNN, 0 % dark faces"}
 TEST_SET_NAMES = {"aligned": "UTKFace held-out, aligned", "jittered": "UTKFace held-out, jittered",
                   "mit": "MIT 6.S191 test faces"}
-REJECT = 0.99       # the detection threshold rejects this share of the held-out non-faces
-ALPHA_TEST = 0.05   # significance level of the paired comparisons
+REJECT = 0.99  # the detection threshold rejects this share of the held-out non-faces
+# one trained model: rows per epoch, test set -> group_metrics, parameter count, the DB-VAE's last p (Nf,) or None
+Run = namedtuple("Run", ["history", "metrics", "params", "p_faces"])
 
 
 def get_args(argv=None) -> tuple[argparse.Namespace, Recipe]:
     """The command line and its Recipe; --smoke: one epoch, two seeds and a slice of the data."""
-    r = Recipe()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # 1 thread: batch-32 convs gain little from a 2nd; on a shared 2-core machine 2 threads were ~10x slower
-    add_common_args(p, epochs=r.epochs, batch_size=r.batch_size, lr=r.lr, schedule="constant", threads=1)
-    p.add_argument("--seeds", type=utils.seed_int, nargs="+",
-                   help=f"paired training seeds (default: {N_SEEDS} seeds from --seed on)")
+    add_common_args(p, epochs=Recipe.epochs, batch_size=Recipe.batch_size, lr=Recipe.lr, schedule="constant", threads=1)
+    p.add_argument("--seeds", type=utils.seed_int, nargs="+", help=f"paired seeds (default: {N_SEEDS} from --seed on)")
     p.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
                    help="also train the 0 %%-dark standard CNN control (default %(default)s)")
     for f in fields(Recipe):
@@ -107,41 +104,16 @@ def jittered_copy(x: torch.Tensor, seed: int, chunk: int = 500) -> torch.Tensor:
 
 def parse_utkface_name(name: str) -> tuple[int, int, int]:
     """'age_gender_race_datetime.jpg.chip.jpg' -> (age, gender, race) (see $DATA_DIR/README.md)."""
-    age, gender, race = name.split("_")[:3]
-    return int(age), int(gender), int(race)
-
-
-def load_h5(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """The lab's train_face.h5 (images (N, 64, 64, 3) BGR, labels (N, 1)) -> x (N, 3, 64, 64) RGB, y (N,) 1 = face."""
-    import h5py  # only with --h5
-    with h5py.File(path, "r") as f:
-        images, labels = torch.from_numpy(f["images"][:]), torch.from_numpy(f["labels"][:]).float()
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
-        raise UserError(f"{path}: expected uint8 images (N, H, W, 3), got {images.dtype} {tuple(images.shape)}")
-    x = images.flip(-1).permute(0, 3, 1, 2).contiguous()    # BGR -> RGB (the lab reads images[..., ::-1])
-    return x, labels.reshape(len(labels), -1)[:, 0]
-
-
-@dataclass
-class TestSet:
-    faces: dict[str, torch.Tensor]  # group -> uint8 (n_g, 3, 64, 64)
-    negs: torch.Tensor              # uint8 (n_neg, 3, 64, 64), the non-faces that set the threshold
+    return tuple(int(v) for v in name.split("_")[:3])
 
 
 @dataclass
 class LabData:
     train: dict[str, torch.Tensor]  # model -> its training faces, uint8 (N, 3, 64, 64)
     train_negs: torch.Tensor        # uint8 (N_neg, 3, 64, 64)
-    race: torch.Tensor | None       # (N,) LIGHT/DARK of the skewed training faces, for diagnostics only
-    tests: dict[str, TestSet]       # "aligned", "jittered", "mit"
-    dark_fractions: dict[str, float] | None
-    decoded_images: int
-    decode_time_s: float
-
-    def counts(self) -> dict:
-        return {"train_faces": {m: len(v) for m, v in self.train.items()}, "train_nonfaces": len(self.train_negs),
-                "test_nonfaces": len(self.tests["aligned"].negs),
-                **{f"{t}_{g}": len(ts.faces[g]) for t, ts in self.tests.items() for g in GROUPS}}
+    race: torch.Tensor              # (N,) LIGHT/DARK of the skewed training faces, for diagnostics only
+    tests: dict[str, dict[str, torch.Tensor]]  # "aligned"/"jittered"/"mit" -> {group: faces, "negs": its non-faces}
+    info: dict                      # counts, dark_fractions (per model), decoded_images, decode_time_s
 
 
 def load_lab_data(data_dir, recipe: Recipe) -> LabData:
@@ -151,14 +123,12 @@ def load_lab_data(data_dir, recipe: Recipe) -> LabData:
     n_dark = round(recipe.dark_fraction * recipe.train_faces)
     n_light, k = recipe.train_faces - n_dark, recipe.test_per_group
     files = require_images(root / "UTKFace", "*.jpg", "UTKFace photos named age_gender_race_date.jpg.chip.jpg")
-    by = {(race, gender): [f for f in files if parse_utkface_name(f.name)[1:] == (gender, race)]
-          for race, gender in GROUPS.values()}
 
     def shuffled(files: list) -> list:
         return [files[i] for i in torch.randperm(len(files), generator=gen).tolist()]
     test, rest = {}, {LIGHT: [], DARK: []}
     for grp, (race, gender) in GROUPS.items():
-        pool = shuffled(by[(race, gender)])
+        pool = shuffled([f for f in files if parse_utkface_name(f.name)[1:] == (gender, race)])
         test[grp], rest[race] = pool[:k], rest[race] + pool[k:]
     light, dark = shuffled(rest[LIGHT]), shuffled(rest[DARK])  # the leftovers: LF + LM, DF + DM
     if n_light + n_dark > len(light) or n_dark > len(dark) or min(len(v) for v in test.values()) == 0:
@@ -176,25 +146,20 @@ def load_lab_data(data_dir, recipe: Recipe) -> LabData:
     total, t0 = sum(len(v) for v in lists.values()), time.perf_counter()
     with tqdm(total=total, desc="decode images", unit="img", mininterval=1.0, dynamic_ncols=True, leave=False) as bar:
         x = {key: decode_images(v, IMAGE_SHAPE[1], bar=bar) for key, v in lists.items()}
-    skewed, negs = torch.cat([x["light"][:n_light], x["dark"]]), x["train_negs"]  # (train_faces, 3, 64, 64)
+    skewed = torch.cat([x["light"][:n_light], x["dark"]])                        # (train_faces, 3, 64, 64)
     race = torch.tensor([LIGHT] * n_light + [DARK] * n_dark)                      # (train_faces,)
     train = {"standard": skewed, "dbvae": skewed, "standard_nodark": x["light"]}  # n_dark more light faces
-    if recipe.h5 is not None:  # the lab's faces and non-faces replace the training images: no race, no control
-        xh, yh = load_h5(recipe.h5)
-        faces, negs = xh[yh == 1], xh[yh != 1]
-        if recipe.smoke:
-            faces, negs = faces[:SMOKE_FACES], negs[:SMOKE_TRAIN_NEGS]
-        train, race = {"standard": faces, "dbvae": faces}, None
-    aligned, test_negs = {g: x[f"test_{g}"] for g in GROUPS}, x["test_negs"]
+    aligned = {**{g: x[f"test_{g}"] for g in GROUPS}, "negs": x["test_negs"]}  # uint8 (n, 3, 64, 64) each
     # one fixed jittered copy for every seed and model: seed jitter_seed + i for group i, + 4 for the non-faces
-    jittered = {g: jittered_copy(v, recipe.jitter_seed + i) for i, (g, v) in enumerate(aligned.items())}
-    tests = {"aligned": TestSet(aligned, test_negs),
-             "jittered": TestSet(jittered, jittered_copy(test_negs, recipe.jitter_seed + len(GROUPS)))}
+    jittered = {key: jittered_copy(v, recipe.jitter_seed + i) for i, (key, v) in enumerate(aligned.items())}
+    tests = {"aligned": aligned, "jittered": jittered}
     if all(mit.values()):  # as they are (not re-aligned): the threshold comes from the aligned non-faces
-        tests["mit"] = TestSet({g: x[f"mit_{g}"] for g in GROUPS}, test_negs)
-    share = n_dark / recipe.train_faces
-    fractions = None if race is None else {"standard": share, "dbvae": share, "standard_nodark": 0.0}
-    return LabData(train, negs, race, tests, fractions, total, time.perf_counter() - t0)
+        tests["mit"] = {**{g: x[f"mit_{g}"] for g in GROUPS}, "negs": aligned["negs"]}
+    counts = {"train_faces": {m: len(v) for m, v in train.items()}, "train_nonfaces": len(x["train_negs"]),
+              "test_nonfaces": len(x["test_negs"]), **{f"{t}_{g}": len(v[g]) for t, v in tests.items() for g in GROUPS}}
+    fractions = {"standard": n_dark / recipe.train_faces, "dbvae": n_dark / recipe.train_faces, "standard_nodark": 0.0}
+    info = dict(counts=counts, dark_fractions=fractions, decoded_images=total, decode_time_s=time.perf_counter() - t0)
+    return LabData(train, x["train_negs"], race, tests, info)
 
 
 def train(model, kind: str, seed: int, data: LabData, recipe: Recipe, device, tb: TensorBoardLog | None):
@@ -202,56 +167,46 @@ def train(model, kind: str, seed: int, data: LabData, recipe: Recipe, device, tb
     records the dark faces' share of the draws. Returns (history, the last p_faces (Nf,))."""
     faces, gens, augment = data.train[kind], dbvae.batch_generators(seed), AUGMENT if recipe.augment else None
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    bar = tqdm(total=recipe.epochs * max(1, len(faces) // (recipe.batch_size // 2)), desc=f"{kind} seed {seed}",
-               unit="step", mininterval=2.0, dynamic_ncols=True, leave=False)
     history, p_faces, train_time = [], None, 0.0
-    for epoch in range(1, recipe.epochs + 1):
-        t0, row = time.perf_counter(), {"epoch": epoch}
-        loss_sum, n_correct, seen = 0.0, 0, 0
-        if kind == "dbvae":  # latent means (N, L) with BatchNorm's running statistics (eval mode) -> p (N,)
-            mu = predict(model, faces, device, fn=lambda b: model.encode(to_float(b))[1])
-            p_faces = sampling_probabilities(mu, recipe.bins, recipe.alpha, recipe.combine)
-            row["p_max_over_uniform"] = p_faces.max().item() * len(faces)
-            if data.race is not None:  # the only use of the race labels
+    with tqdm(total=recipe.epochs * max(1, len(faces) // (recipe.batch_size // 2)), desc=f"{kind} seed {seed}",
+              unit="step", mininterval=2.0, dynamic_ncols=True, leave=False) as bar:
+        for epoch in range(1, recipe.epochs + 1):
+            t0, row = time.perf_counter(), {"epoch": epoch}
+            loss_sum, n_correct, seen = 0.0, 0, 0
+            if kind == "dbvae":  # latent means (N, L) with BatchNorm's running statistics (eval mode) -> p (N,)
+                mu = predict(model, faces, device, fn=lambda b: model.encode(to_float(b))[1])
+                p_faces = sampling_probabilities(mu, recipe.bins, recipe.alpha, recipe.combine)
+                row["p_max_over_uniform"] = p_faces.max().item() * len(faces)
+                # diagnostics, the only use of the race labels: the dark faces' share of p, and had the other rule drawn
                 dark, other = data.race == DARK, "product" if recipe.combine == "max" else "max"
                 pct = 100 * (torch.from_numpy(rankdata(p_faces.numpy())) - 1) / max(1, len(faces) - 1)
-                p_other = sampling_probabilities(mu, recipe.bins, recipe.alpha, other)  # had the other rule drawn
+                p_other = sampling_probabilities(mu, recipe.bins, recipe.alpha, other)
                 row.update({"dark_sampling_mass": p_faces[dark].sum().item(), f"dark_sampling_mass_if_{other}":
                             p_other[dark].sum().item(), "dark_mean_p_percentile": pct[dark].mean().item()})
-        model.train()
-        for x, y in dbvae.epoch_batches(faces, data.train_negs, recipe.batch_size, gens, p_faces, augment, device):
-            if kind == "dbvae":
-                loss, logit = dbvae_loss(model, x, y, recipe.kl_weight)  # paper Eq. 5
-            else:
-                logit = model(x)[:, 0]                                     # (B,)
-                loss = F.binary_cross_entropy_with_logits(logit, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.item() * len(y)  # in float64; the per-step sync costs little at these sizes
-            n_correct += int(((logit.detach() > 0).float() == y).sum())  # on the drawn batches: a diagnostic
-            seen += len(y)
-            bar.update(1)
-        train_time += time.perf_counter() - t0
-        row.update(train_loss=loss_sum / seen, train_acc=n_correct / seen, epoch_time_s=time.perf_counter() - t0,
-                   train_time_s=train_time)
-        history.append(row)
-        if tb is not None:
-            tb.scalars(row)
-    bar.close()
+            model.train()
+            for x, y in dbvae.epoch_batches(faces, data.train_negs, recipe.batch_size, gens, p_faces, augment, device):
+                if kind == "dbvae":
+                    loss, logit = dbvae_loss(model, x, y, recipe.kl_weight)  # paper Eq. 5
+                else:
+                    logit = model(x)[:, 0]                                     # (B,)
+                    loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += loss.item() * len(y)  # in float64; the per-step sync costs little at these sizes
+                n_correct += int(((logit.detach() > 0).float() == y).sum())  # on the drawn batches: a diagnostic
+                seen += len(y)
+                bar.update(1)
+            train_time += time.perf_counter() - t0
+            row.update(train_loss=loss_sum / seen, train_acc=n_correct / seen, epoch_time_s=time.perf_counter() - t0,
+                       train_time_s=train_time)
+            history.append(row)
+            if tb is not None:
+                tb.scalars(row)
     return history, p_faces
 
 
-@dataclass
-class Run:
-    history: list[dict]           # one row per epoch
-    metrics: dict                 # test set -> group_metrics
-    params: int
-    p_faces: torch.Tensor | None  # the DB-VAE's last sampling probabilities (Nf,)
-
-
-def run_model(kind: str, seed: int, data: LabData, recipe: Recipe, device, runs_dir: Path, resume: bool,
-              tb_root: Path | None) -> Run:
+def run_model(kind: str, seed: int, data: LabData, recipe: Recipe, device, runs_dir: Path, resume, tb_root) -> Run:
     """One model of one seed, trained and evaluated; with `resume` a finished run of the same recipe is reused."""
     seed_everything(seed)  # the weights, and the DB-VAE's reparameterisation noise after them
     model = (DBVAE(recipe.latent_dim) if kind == "dbvae" else StandardCNN()).to(device)
@@ -269,24 +224,20 @@ def run_model(kind: str, seed: int, data: LabData, recipe: Recipe, device, runs_
 
     def scores(x):  # face logits (N,) float64 of uint8 images (N, 3, H, W)
         return predict(model, x, device, fn=lambda b: model(to_float(b))[:, 0]).double()
-    negs = {id(ts.negs): ts.negs for ts in data.tests.values()}  # the MIT faces share the aligned non-faces
-    negs = {key: scores(x) for key, x in negs.items()}
-    metrics = {t: group_metrics({g: scores(x) for g, x in ts.faces.items()}, negs[id(ts.negs)])
-               for t, ts in data.tests.items()}
+    metrics = {t: group_metrics({g: scores(ts[g]) for g in GROUPS}, scores(ts["negs"])) for t, ts in data.tests.items()}
     m = metrics["jittered"]
     tqdm.write(f"[{kind} seed {seed}] {history[-1]['train_time_s']:.0f} s; jittered test: group variance "
                f"{m['group_var']:.1f} %², detection " + " ".join(f"{g} {v:.3f}" for g, v in m["detect"].items()))
-    run = Run(history, metrics, count_parameters(model), p_faces)
-    save_checkpoint(ckpt, model, run=asdict(run), recipe=asdict(recipe))
+    run = Run(history, metrics, sum(p.numel() for p in model.parameters()), p_faces)
+    save_checkpoint(ckpt, model, run=run._asdict(), recipe=asdict(recipe))
     return run
 
 
 def rejection_threshold(neg_scores: torch.Tensor, reject: float = REJECT) -> float:
     """The ceil(reject * n)-th smallest of the n non-face scores: faces above it are detected, and exactly that
     many non-faces are rejected when the scores have no ties."""
-    s = torch.sort(neg_scores.double().flatten()).values
-    k = max(1, math.ceil(reject * len(s) - 1e-9))   # -1e-9: 0.99 * 200 is 198.00000000000003 in floating point
-    return s[k - 1].item()
+    k = max(1, math.ceil(reject * neg_scores.numel() - 1e-9))  # -1e-9: 0.99 * 200 is 198.00000000000003 in floats
+    return torch.sort(neg_scores.double().flatten()).values[k - 1].item()
 
 
 def group_metrics(face_scores: dict, neg_scores: torch.Tensor, reject: float = REJECT) -> dict:
@@ -306,85 +257,75 @@ def group_metrics(face_scores: dict, neg_scores: torch.Tensor, reject: float = R
 
 def compare_paired(a: list[float], b: list[float], endpoint: str, names=("standard", "dbvae")) -> dict:
     """b - a over paired seeds: bootstrap BCa 95 % CI and exact sign-flip p of the mean difference. A direction
-    ("lower"/"higher") needs both p < ALPHA_TEST and a CI that excludes 0."""
+    ("lower"/"higher") needs both p < stats.ALPHA (0.05) and a CI that excludes 0."""
     d = [y - x for x, y in zip(a, b)]
     ci, p = stats.bootstrap_ci(d), stats.sign_flip_p_value(d)
     return {"endpoint": endpoint, "difference": f"{names[1]} - {names[0]}", "n_seeds": len(d),
             names[0]: stats.summarize(a), names[1]: stats.summarize(b), "mean_diff": sum(d) / len(d),
-            "ci95": ci, "p_value": p, "test": "sign_flip", "alpha": ALPHA_TEST,
-            "verdict": stats.verdict(*ci) if p < ALPHA_TEST else "no significant difference", "per_seed_diff": d}
+            "ci95": ci, "p_value": p, "test": "sign_flip", "alpha": stats.ALPHA,
+            "verdict": stats.verdict(*ci) if p < stats.ALPHA else "no significant difference", "per_seed_diff": d}
 
 
-def sampling_summary(histories: dict, fraction: float, epochs: int) -> dict:
-    """Per epoch, over seeds ({seed: [epoch rows]}): the dark faces' share of the DB-VAE's sampling mass, that
-    over their share of the faces (1 = no targeting), the mean percentile of their p, the other rule's mass."""
+def over_seeds(rows: list[dict], keys) -> dict:
+    """stats.summarize over seeds (rows: one dict per seed) of each key: a number, or per group of {group: number}."""
+    return {k: {g: stats.summarize([r[k][g] for r in rows]) for g in rows[0][k]} if isinstance(rows[0][k], dict)
+            else stats.summarize([r[k] for r in rows]) for k in keys}
+
+
+def sampling_summary(histories: list[list[dict]], fraction: float) -> dict:
+    """Per epoch, over the seeds' histories (lists of epoch rows): the dark faces' share of the DB-VAE's sampling
+    mass, that over their share of the faces (1 = no targeting), the mean percentile of their p, the other rule's."""
     per_epoch = []
-    for e in range(epochs):
-        rows = [h[e] for h in histories.values()]
-        mass = [r["dark_sampling_mass"] for r in rows]
-        other = {k: stats.summarize([r[k] for r in rows]) for k in rows[0] if k.startswith("dark_sampling_mass_if_")}
-        per_epoch.append({"epoch": e + 1, "dark_mass": stats.summarize(mass), **other,
-                          "mass_over_share": sum(mass) / len(mass) / fraction if fraction > 0 else None,
-                          "dark_mean_p_percentile": stats.summarize([r["dark_mean_p_percentile"] for r in rows])})
+    for rows in zip(*histories):  # one epoch, a row per seed
+        s = over_seeds(rows, [k for k in rows[0] if k.startswith("dark_")])
+        mass = s.pop("dark_sampling_mass")
+        per_epoch.append({"epoch": rows[0]["epoch"], "dark_mass": mass, **s,
+                          "mass_over_share": mass["mean"] / fraction if fraction > 0 else None})
     return {"dark_share_of_faces": fraction, "per_epoch": per_epoch}
 
 
 def build_results(args, recipe: Recipe, data: LabData, runs: dict) -> dict:
     """The lab_dbvae.json dict. runs: {model: {seed: Run}}."""
     seeds, models = list(args.seeds), list(runs)
-    per_seed = {m: {s: runs[m][s].metrics for s in seeds} for m in models}
-    tests, metrics = list(per_seed["standard"][seeds[0]]), {m: {} for m in models}
+    tests, metrics = list(data.tests), {m: {} for m in models}
     for m, t in itertools.product(models, tests):  # seed statistics per model and test set
-        rows = [per_seed[m][s][t] for s in seeds]
-        o = metrics[m][t] = {key: {g: stats.summarize([r[key][g] for r in rows]) for g in GROUPS}
-                             for key in ("detect", "auc", "mean_p_face")}
-        o.update({key: stats.summarize([r[key] for r in rows])
-                  for key in ("group_var", "dark_gap", "threshold", "nonface_rejected")})
+        rows = [runs[m][s].metrics[t] for s in seeds]
+        o = metrics[m][t] = over_seeds(rows, [k for k in rows[0] if k not in ("detected", "n")])
         o.update(detected_per_seed={g: [r["detected"][g] for r in rows] for g in GROUPS}, n=rows[0]["n"])
         if t == "mit":  # 15 faces per group: the binomial spread dominates; Wilson interval at the seed-mean count
             o["wilson"] = {g: stats.wilson(round(sum(k) / len(k)), o["n"][g])
                            for g, k in o["detected_per_seed"].items()}
 
     def paired(key, a="standard", b="dbvae"):  # b - a per test set
-        return {t: compare_paired(*[[per_seed[m][s][t][key] for s in seeds] for m in (a, b)], key, (a, b))
-                for t in tests}
+        return {t: compare_paired(*(metrics[m][t][key]["values"] for m in (a, b)), key, (a, b)) for t in tests}
     comparison, secondary = {}, {}
     if len(seeds) > 1:
         comparison, secondary = paired("group_var"), {"dark_gap": paired("dark_gap")}
         if "standard_nodark" in runs:
             secondary["control_vs_standard"] = paired("group_var", "standard_nodark", "standard")
-    gap = [per_seed["standard"][s]["jittered"]["dark_gap"] for s in seeds]
-    gap_ci = stats.bootstrap_ci(gap)  # one seed: [gap, gap]
-    augmentation = {"train": asdict(AUGMENT) if recipe.augment else None, "jittered_test": asdict(AUGMENT),
-                    "jitter_seed": recipe.jitter_seed, "padding": "reflection"}
-    return {"name": "lab_dbvae", "recipe": asdict(recipe), "seeds": seeds,
-            "groups": list(GROUPS), "models": {m: MODEL_NAMES[m] for m in models},
-            "test_sets": {t: TEST_SET_NAMES[t] for t in tests}, "reject": REJECT,
-            "primary_endpoint": {"name": "jittered_group_var", "comparison": "comparison.jittered",
-                                 "also": "secondary.dark_gap"},
-            "data": {"counts": data.counts(), "dark_fractions": data.dark_fractions,
-                     "source": "h5" if recipe.h5 else "UTKFace+Imagenette", "negative_classes": NEG_CLASSES,
-                     "decode_time_s": data.decode_time_s, "decoded_images": data.decoded_images,
-                     "augmentation": augmentation},
+    gap = metrics["standard"]["jittered"]["dark_gap"]
+    gap_ci = stats.bootstrap_ci(gap["values"])  # one seed: [gap, gap]
+    return {"name": "lab_dbvae", "recipe": asdict(recipe), "seeds": seeds, "groups": list(GROUPS),
+            "models": {m: MODEL_NAMES[m] for m in models}, "test_sets": {t: TEST_SET_NAMES[t] for t in tests},
+            "reject": REJECT, "primary_endpoint": {"name": "jittered_group_var", "comparison": "comparison.jittered",
+                                                   "also": "secondary.dark_gap"},
+            "data": {**data.info, "source": "UTKFace+Imagenette", "negative_classes": NEG_CLASSES, "augmentation": {
+                "train": asdict(AUGMENT) if recipe.augment else None, "jittered_test": asdict(AUGMENT),
+                "jitter_seed": recipe.jitter_seed, "padding": "reflection"}},
             "metrics": metrics, "comparison": comparison, "secondary": secondary,
-            "standard_gap_jittered": {**stats.summarize(gap), "bootstrap_ci95": gap_ci, "measurable": gap_ci[0] > 0},
-            "sampling": (sampling_summary({s: runs["dbvae"][s].history for s in seeds}, data.dark_fractions["dbvae"],
-                                          recipe.epochs) if data.race is not None else None),
-            "per_seed": {m: {str(s): v for s, v in per_seed[m].items()} for m in models},
+            "standard_gap_jittered": {**gap, "bootstrap_ci95": gap_ci, "measurable": gap_ci[0] > 0},
+            "sampling": sampling_summary([runs["dbvae"][s].history for s in seeds],
+                                         data.info["dark_fractions"]["dbvae"]),
+            "per_seed": {m: {str(s): runs[m][s].metrics for s in seeds} for m in models},
             "history": {m: {str(s): runs[m][s].history for s in seeds} for m in models},
             "params": {m: runs[m][seeds[0]].params for m in models},
             "paper_reference": {"source": "Amini et al., AIES 2019", "benchmark": "Pilot Parliaments Benchmark"}}
 
 
-FIG_WIDTH = 8.0  # inches: placed at the report's 17 cm text width this is a 0.84 scale, so 9 pt -> 7.5 pt
-STYLE = {"font.size": 9, "axes.titlesize": 10, "figure.titlesize": 10, "legend.frameon": False,
-         "figure.autolayout": True}  # tight_layout at every draw
-
-
-def plot_groups(results: dict, path: Path) -> None:
-    """Detection rate per group, model and test set: seed mean with t 95 % CIs (MIT: Wilson, 15 faces)."""
+def plot_summaries(results: dict, fig_dir: Path) -> None:
+    """lab_dbvae_groups.png: the detection rate per group, model and test set (seed mean, t 95 % CI; MIT: Wilson)."""
     m, tests, k = results["metrics"], list(results["test_sets"]), len(results["metrics"])
-    fig, axes = plt.subplots(1, len(tests), figsize=(FIG_WIDTH, 3.0), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(tests), sharey=True, squeeze=False)
     for ax, t in zip(axes[0], tests):
         for i, model in enumerate(m):
             mean = [m[model][t]["detect"][g]["mean"] for g in GROUPS]
@@ -398,46 +339,40 @@ def plot_groups(results: dict, path: Path) -> None:
     axes[0][0].set_ylabel(f"faces detected at {REJECT:.0%}\nnon-face rejection")
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=k)
     fig.suptitle(f"Detection rate per group: mean over {len(results['seeds'])} seeds, 95 % CI (MIT: Wilson, 15 faces)")
-    save(fig, path)
-
-
-def plot_paired(results: dict, path: Path) -> None:
-    """(a) the primary endpoint per seed (grey) and its mean across the models; (b) the dark faces' share of the
-    DB-VAE's sampling mass per epoch, per seed and mean, against their share of the faces."""
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(FIG_WIDTH, 3.0))
+    save(fig, fig_dir / "lab_dbvae_groups.png")
+    # lab_dbvae_paired.png: (a) the primary endpoint per model and seed (grey), (b) the DB-VAE's draws of dark faces
+    fig, (ax, bx) = plt.subplots(1, 2)
     gv, x = [m["jittered"]["group_var"] for m in results["metrics"].values()], range(len(results["metrics"]))
     ax.plot(x, [v["values"] for v in gv], "o-", color="0.6", lw=0.8, ms=3)  # (models, seeds): a line per seed
     ax.plot(x, [v["mean"] for v in gv], "s-", color="C3", lw=2, label="mean over seeds")
     ax.set_xticks(x, [MODEL_NAMES[m].replace(", ", ",\n") for m in results["metrics"]])
     ax.set(ylim=(0, None), ylabel="group variance (%²)\non the jittered test", title="(a) primary endpoint, per seed")
     ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.34))
-    if samp := results["sampling"]:
-        rows = samp["per_epoch"]
-        ep = [r["epoch"] for r in rows]
-        bx.plot(ep, [[100 * v for v in r["dark_mass"]["values"]] for r in rows], "o-", color="0.6", lw=0.8, ms=3)
-        bx.plot(ep, [100 * r["dark_mass"]["mean"] for r in rows], "s-", color="C1", lw=2,
-                label="dark faces' share of the sampling mass (mean)")
-        for key in [k for k in rows[0] if k.startswith("dark_sampling_mass_if_")]:
-            bx.plot(ep, [100 * r[key]["mean"] for r in rows], "^:", color="C4", lw=1.5,
-                    label=f"the same had p used the {key.rsplit('_', 1)[-1]} rule (not used)")
-        bx.axhline(100 * samp["dark_share_of_faces"], color="k", ls="--", lw=1, label="their share of the faces")
-        bx.set(xticks=ep, ylim=(0, None))
-        bx.legend(loc="upper left", bbox_to_anchor=(-0.1, -0.3))
-    bx.set(xlabel="epoch (p re-estimated at its start)", ylabel="% of draws", title="(b) DB-VAE draws of dark faces")
-    save(fig, path)
+    rows, share = results["sampling"]["per_epoch"], results["sampling"]["dark_share_of_faces"]
+    ep = [r["epoch"] for r in rows]
+    bx.plot(ep, [[100 * v for v in r["dark_mass"]["values"]] for r in rows], "o-", color="0.6", lw=0.8, ms=3)
+    bx.plot(ep, [100 * r["dark_mass"]["mean"] for r in rows], "s-", color="C1", lw=2,
+            label="dark faces' share of the sampling mass (mean)")
+    for key in [k for k in rows[0] if k.startswith("dark_sampling_mass_if_")]:
+        bx.plot(ep, [100 * r[key]["mean"] for r in rows], "^:", color="C4", lw=1.5,
+                label=f"the same had p used the {key.rsplit('_', 1)[-1]} rule (not used)")
+    bx.axhline(100 * share, color="k", ls="--", lw=1, label="their share of the faces")
+    bx.set(xticks=ep, ylim=(0, None), xlabel="epoch (p re-estimated at its start)", ylabel="% of draws",
+           title="(b) DB-VAE draws of dark faces")
+    bx.legend(loc="upper left", bbox_to_anchor=(-0.1, -0.3))
+    save(fig, fig_dir / "lab_dbvae_paired.png")
 
 
-def plot_sampling_faces(faces: torch.Tensor, p: torch.Tensor, race: torch.Tensor | None, seed: int, path: Path):
+def plot_sampling_faces(faces: torch.Tensor, p: torch.Tensor, race: torch.Tensor, seed: int, path: Path):
     """The training faces (uint8 (N, 3, H, W)) with the highest and lowest resampling probability p (N,)."""
     n = min(8, len(p) // 2)
     order = torch.argsort(p, descending=True, stable=True)
-    fig, axes = plt.subplots(2, n, figsize=(FIG_WIDTH, 3.6), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(8.0, 3.6), squeeze=False)
     for row, label, idx in zip(axes, ("highest p", "lowest p"), (order[:n], order[-n:].flip(0))):
         for ax, i in zip(row, idx.tolist()):
             ax.imshow(faces[i].permute(1, 2, 0).numpy())
-            tag = ("dark" if race[i] == DARK else "light") + "\n" if race is not None else ""
             ax.set(xticks=[], yticks=[])
-            ax.set_title(f"{tag}{p[i] * len(p):.1f}× unif.", fontsize="medium")
+            ax.set_title(f"{'dark' if race[i] == DARK else 'light'}\n{p[i] * len(p):.1f}× unif.", fontsize="medium")
         row[0].set_ylabel(label)
     fig.suptitle(f"DB-VAE seed {seed}: training faces with the highest / lowest resampling probability (last "
                  "epoch;\nrace labels shown for reading only, never used in training)")
@@ -448,19 +383,18 @@ def main(argv=None) -> dict:
     args, recipe = get_args(argv)
     fig_dir, res_dir, runs_dir, device = setup(args)
     t_start, data = time.perf_counter(), load_lab_data(args.data_dir, recipe)
-    print(f"lab_dbvae: {data.counts()}, dark fractions {data.dark_fractions}, device={device}, "
-          f"threads={torch.get_num_threads()}, decode {data.decode_time_s:.0f} s")
-    models = [m for m in MODEL_NAMES if m in data.train and (m != "standard_nodark" or args.control)]
+    print(f"lab_dbvae: {data.info['counts']}, dark fractions {data.info['dark_fractions']}, device={device}, "
+          f"threads={torch.get_num_threads()}, decode {data.info['decode_time_s']:.0f} s")
+    models = [m for m in MODEL_NAMES if args.control or m != "standard_nodark"]
     runs, tb_root = {m: {} for m in models}, tensorboard_dir(args, "lab_dbvae", runs_dir)
-    for seed in args.seeds:  # the models of a seed are paired: same data, same order, same augmentation
-        for kind in models:
-            runs[kind][seed] = run_model(kind, seed, data, recipe, device, runs_dir, args.resume, tb_root)
+    for seed, kind in itertools.product(args.seeds, models):  # a seed's models see the same data in the same order
+        runs[kind][seed] = run_model(kind, seed, data, recipe, device, runs_dir, args.resume, tb_root)
     results = build_results(args, recipe, data, runs)
-    with plt.rc_context(STYLE):
-        plot_groups(results, fig_dir / "lab_dbvae_groups.png")
-        plot_paired(results, fig_dir / "lab_dbvae_paired.png")
-        first = args.seeds[0]
-        plot_sampling_faces(data.train["dbvae"], runs["dbvae"][first].p_faces, data.race, first,
+    # figures 8 in wide, placed at the report's 17 cm text width (0.84 scale: 9 pt text prints at 7.5 pt)
+    with plt.rc_context({"figure.figsize": (8.0, 3.0), "font.size": 9, "axes.titlesize": 10, "figure.titlesize": 10,
+                         "legend.frameon": False, "figure.autolayout": True}):  # autolayout: tight_layout per draw
+        plot_summaries(results, fig_dir)
+        plot_sampling_faces(data.train["dbvae"], runs["dbvae"][args.seeds[0]].p_faces, data.race, args.seeds[0],
                             fig_dir / "lab_dbvae_sampling.png")
     path = write_results(res_dir / "lab_dbvae.json", results, args, device, t_start)
     for t, c in results["comparison"].items():

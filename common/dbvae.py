@@ -1,8 +1,6 @@
-"""The DB-VAE of MIT 6.S191 Lab 2 part 2 (Amini et al., "Uncovering and Mitigating Algorithmic Bias through Learned
-Latent Structure", AIES 2019), in PyTorch: a face detector that learns a VAE of its training faces and draws rare
-faces (low latent density) more often, without race or gender labels. Here: the lab's CNN, its decoder, the DB-VAE,
-its loss (Eq. 5), the resampling probabilities (Algorithm 1) and the augmented training batches (lab_dbvae.py).
-"""
+"""The DB-VAE of MIT 6.S191 Lab 2 part 2 (Amini et al., AIES 2019), in PyTorch: a face detector that learns a VAE
+of its faces and draws rare ones (low latent density) more often, without race or gender labels. Here: the lab's CNN,
+decoder and DB-VAE, its loss (Eq. 5), the resampling probabilities (Algorithm 1) and lab_dbvae.py's batches."""
 from __future__ import annotations
 
 import math
@@ -12,20 +10,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .data import to_float
+from .data import to_float, warp
 from .models import conv_out, convT_output_padding
 
-IMAGE_SHAPE = (3, 64, 64)  # (C, H, W) of the lab's train_face.h5 and of its test faces
+IMAGE_SHAPE = (3, 64, 64)  # (C, H, W) of the lab's faces (its train_face.h5 and its test faces)
 N_FILTERS = 12             # the lab's base width: conv layers have 1x, 2x, 4x, 6x this many filters
-# (filters multiplier, kernel) per stride-2 conv, as in the lab: 12@5, 24@5, 48@3, 72@3
-CONV_SPEC = ((1, 5), (2, 5), (4, 3), (6, 3))
+CONV_SPEC = ((1, 5), (2, 5), (4, 3), (6, 3))  # (filter multiplier, kernel) per stride-2 conv: 12@5, 24@5, 48@3, 72@3
 DENSE = 512                # the lab's hidden dense layer
-
-
-def conv_block(c_in: int, c_out: int, kernel: int) -> nn.Sequential:
-    """Stride-2 Conv2d -> ReLU -> BatchNorm2d: the lab's order (Keras Conv2D(activation='relu') then BN)."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, 2, padding=kernel // 2), nn.ReLU(inplace=True),
-                         nn.BatchNorm2d(c_out))
 
 
 def feature_sizes(in_shape=IMAGE_SHAPE, n_filters: int = N_FILTERS) -> list[tuple[int, int]]:
@@ -44,7 +35,9 @@ class StandardCNN(nn.Module):
         super().__init__()
         self.config = dict(kind="StandardCNN", n_outputs=n_outputs, n_filters=n_filters, in_shape=list(in_shape))
         sizes = feature_sizes(in_shape, n_filters)
-        blocks = [conv_block(sizes[i][0], sizes[i + 1][0], k) for i, (_, k) in enumerate(CONV_SPEC)]
+        # stride-2 Conv2d -> ReLU -> BatchNorm2d: the lab's order (Keras Conv2D(activation='relu'), then BN)
+        blocks = [nn.Sequential(nn.Conv2d(c_in, c_out, k, 2, k // 2), nn.ReLU(inplace=True), nn.BatchNorm2d(c_out))
+                  for (c_in, _), (c_out, _), (_, k) in zip(sizes, sizes[1:], CONV_SPEC)]
         c, s = sizes[-1]
         self.net = nn.Sequential(*blocks, nn.Flatten(), nn.Linear(c * s * s, DENSE), nn.ReLU(inplace=True),
                                  nn.Linear(DENSE, n_outputs))
@@ -67,10 +60,8 @@ class Decoder(nn.Module):
         for i in range(len(CONV_SPEC), 0, -1):  # 72x4 -> 48x8 -> 24x16 -> 12x32 -> 3x64
             (c_in, s_in), (c_out, s_out), k = sizes[i], sizes[i - 1], CONV_SPEC[i - 1][1]
             op = convT_output_padding(s_in, s_out, k, 2, k // 2)
-            layers.append(nn.ConvTranspose2d(c_in, c_out, k, 2, k // 2, op))
-            if i > 1:
-                layers.append(nn.ReLU(inplace=True))
-        self.features = nn.Sequential(*layers)
+            layers += [nn.ConvTranspose2d(c_in, c_out, k, 2, k // 2, op), nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*layers[:-1])  # no ReLU after the last: a linear output
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.features(self.head(z))  # (B, L) -> (B, 3, 64, 64)
@@ -82,13 +73,12 @@ class DBVAE(nn.Module):
 
     def __init__(self, latent_dim: int = 100, n_filters: int = N_FILTERS, in_shape=IMAGE_SHAPE):
         super().__init__()
-        self.latent_dim = latent_dim
         self.config = dict(kind="DBVAE", latent_dim=latent_dim, n_filters=n_filters, in_shape=list(in_shape))
         self.encoder = StandardCNN(2 * latent_dim + 1, n_filters, in_shape)
         self.decoder = Decoder(latent_dim, n_filters, in_shape)
 
     def encode(self, x: torch.Tensor):
-        out, L = self.encoder(x), self.latent_dim              # (B, 2L+1)
+        out, L = self.encoder(x), self.config["latent_dim"]    # (B, 2L+1)
         return out[:, 0], out[:, 1:1 + L], out[:, 1 + L:]       # logit (B,), mu (B, L), logsigma (B, L)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,10 +92,9 @@ def kl_latent_loss(mu: torch.Tensor, logsigma: torch.Tensor) -> torch.Tensor:
 
 
 def dbvae_loss(model: DBVAE, x: torch.Tensor, y: torch.Tensor, kl_weight: float = 5e-4):
-    """Paper Eq. 5: the batch mean of BCE(y, logit) + 1[y = face] * (kl_weight * KL + mean-L1 reconstruction), the
-    lab's vae_loss_function. x (B, 3, H, W), y (B,) in {0, 1} -> (loss, logit (B,)). The decoder runs on the faces
-    only (half the cost, same loss); eps of z = mu + exp(logsigma / 2) * eps is drawn for the whole batch, then
-    kept for the faces: the same draws as decoding every example."""
+    """Paper Eq. 5 (the lab's vae_loss_function): the batch mean of BCE(y, logit) + 1[y = face] * (kl_weight * KL +
+    mean-L1 reconstruction). x (B, 3, H, W), y (B,) in {0, 1} -> (loss, logit (B,)). The decoder runs on the faces
+    only (half the cost, same loss); eps is drawn for the whole batch: the same draws as decoding every example."""
     logit, mu, logsigma = model.encode(x)                                # (B,), (B, L), (B, L)
     face = y == 1                                                        # (B,) indicator
     eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype)[face]  # (Bf, L)
@@ -117,31 +106,26 @@ def dbvae_loss(model: DBVAE, x: torch.Tensor, y: torch.Tensor, kl_weight: float 
     return (cls.sum() + vae.sum()) / len(y), logit
 
 
-def sampling_probabilities(mu: torch.Tensor, bins: int = 10, alpha: float = 1e-3,
-                           combine: str = "max") -> torch.Tensor:
+def sampling_probabilities(mu: torch.Tensor, bins: int = 10, alpha: float = 1e-3, combine: str = "max") -> torch.Tensor:
     """Sampling probability p (N,) float64, summing to 1, of each training face from its latent means mu (N, L)
     (paper Algorithm 1). Per latent dimension j: a histogram of mu[:, j] (np.histogram density) plus alpha,
     renormalised to Q_j; w_j(x) = 1 / Q_j(bin of x) normalised over x. Across dimensions: 'max' (the lab's:
     the dimension where x is rarest decides) or 'product' (the paper's, in log space)."""
-    mu = mu.detach().double().cpu()
-    n, L = mu.shape
-    log_w = torch.empty(n, L, dtype=torch.float64)
-    for j in range(L):
-        col = mu[:, j]
-        lo, hi = col.min().item(), col.max().item()
-        if hi <= lo:  # a constant dimension carries no information: uniform weights
-            log_w[:, j] = -torch.log(torch.tensor(float(n), dtype=torch.float64))
-            continue
-        width = (hi - lo) / bins
-        # bin of each x (N,); the maximum goes into the last bin, as in np.histogram
-        idx = ((col - lo) / width).floor().clamp(0, bins - 1).long()
-        counts = torch.bincount(idx, minlength=bins).double()                    # (bins,)
-        density = counts / (n * width)                                           # np.histogram(density=True)
-        smoothed = (density + alpha) / (density + alpha).sum()
-        w = 1.0 / smoothed[idx]                                                  # (N,)
-        log_w[:, j] = (w / w.sum()).log()
     if combine not in ("max", "product"):
         raise ValueError(f"unknown combine {combine!r}")
+    mu = mu.detach().double().cpu()
+    n = len(mu)
+    log_w = torch.full(mu.shape, -math.log(n), dtype=torch.float64)  # (N, L); a constant dimension stays uniform
+    for j, col in enumerate(mu.T):
+        lo, hi = col.min().item(), col.max().item()
+        if hi > lo:
+            width = (hi - lo) / bins
+            # bin of each x (N,); the maximum goes into the last bin, as in np.histogram
+            idx = ((col - lo) / width).floor().clamp(0, bins - 1).long()
+            density = torch.bincount(idx, minlength=bins).double() / (n * width)  # np.histogram(density=True)
+            smoothed = (density + alpha) / (density + alpha).sum()
+            w = 1.0 / smoothed[idx]                                               # (N,)
+            log_w[:, j] = (w / w.sum()).log()
     s = log_w.sum(dim=1)  # product: the max is subtracted, as a product of 100 small numbers underflows
     p = log_w.max(dim=1).values.exp() if combine == "max" else (s - s.max()).exp()
     return p / p.sum()
@@ -165,8 +149,7 @@ class Augment:
         tx, ty = (2 * u[:, 2] - 1) * 2 * self.max_shift / w, (2 * u[:, 3] - 1) * 2 * self.max_shift / h
         cos, sin = theta.cos() / zoom, theta.sin() / zoom                          # inverse zoom: sample closer
         mat = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)  # (B, 2, 3)
-        grid = F.affine_grid(mat.to(x.dtype).to(x.device), list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        return warp(x, mat, padding="reflection")
 
 
 AUGMENT = Augment()  # for training and for the lab's jittered test copy
@@ -179,11 +162,9 @@ def batch_generators(seed: int) -> tuple[torch.Generator, torch.Generator, torch
     return tuple(torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=base))) for _ in range(3))
 
 
-def epoch_batches(faces: torch.Tensor, negs: torch.Tensor, batch_size: int, gens, p_faces=None, augment=None,
-                  device="cpu"):
-    """One epoch of (x (B, 3, H, W) float in [0, 1], y (B,) 1 = face) from uint8 images, as the lab's get_batch:
-    half faces, half non-faces, len(faces) // (batch_size // 2) batches. Faces: shuffled passes, or drawn from
-    p_faces (Nf,) with replacement (the DB-VAE); non-faces: shuffled passes."""
+def epoch_batches(faces, negs, batch_size: int, gens, p_faces=None, augment=None, device="cpu"):
+    """One epoch of (x (B, 3, H, W) float in [0, 1], y (B,) 1 = face) from uint8 images, as the lab's get_batch: half
+    faces, half non-faces, len(faces) // half batches; faces in shuffled passes or drawn from p_faces (Nf,)."""
     face_gen, neg_gen, aug_gen = gens
     half, steps = batch_size // 2, max(1, len(faces) // (batch_size // 2))
 
@@ -195,6 +176,5 @@ def epoch_batches(faces: torch.Tensor, negs: torch.Tensor, batch_size: int, gens
     for s in range(steps):
         f_idx, n_idx = face_order[s * half:(s + 1) * half], neg_order[s * half:(s + 1) * half]
         x = to_float(torch.cat([faces[f_idx], negs[n_idx]]), device)                   # (B, 3, H, W)
-        if augment is not None:
-            x = augment(x, aug_gen)
+        x = x if augment is None else augment(x, aug_gen)
         yield x, torch.cat([torch.ones(len(f_idx)), torch.zeros(len(n_idx))]).to(device)  # y (B,)

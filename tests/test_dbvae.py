@@ -11,7 +11,6 @@ import itertools
 import math
 from types import SimpleNamespace
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -38,7 +37,6 @@ from lab_dbvae import (
     get_args,
     group_metrics,
     jittered_copy,
-    load_h5,
     parse_utkface_name,
     rejection_threshold,
     sampling_summary,
@@ -166,6 +164,9 @@ def test_model_shapes():
     # the lab's layer widths: 12, 24, 48, 72 filters, dense 512
     convs = [m.out_channels for m in StandardCNN().modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs == [12, 24, 48, 72]
+    # the lab's layer order (Keras Conv2D(activation='relu'), then BatchNorm) and a linear decoder output
+    assert [type(m) for m in StandardCNN().net[0]] == [torch.nn.Conv2d, torch.nn.ReLU, torch.nn.BatchNorm2d]
+    assert isinstance(model.decoder.features[-1], torch.nn.ConvTranspose2d)
 
 
 @pytest.mark.parametrize("combine", ["max", "product"])
@@ -237,21 +238,6 @@ def test_parse_utkface_name():
     assert parse_utkface_name("26_1_1_20170116232731300.jpg.chip.jpg") == (26, 1, 1)
 
 
-def test_load_h5(tmp_path):
-    """The lab's train_face.h5 layout: images (N, 64, 64, 3) uint8 BGR, labels (N, 1)."""
-    rng = np.random.default_rng(0)
-    imgs = rng.integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
-    labels = np.array([[1], [0], [1], [1], [0]], dtype=np.float32)
-    path = tmp_path / "train_face.h5"
-    with h5py.File(path, "w") as f:
-        f["images"], f["labels"] = imgs, labels
-    x, y = load_h5(path)
-    assert x.shape == (5, 3, 64, 64) and x.dtype == torch.uint8
-    assert torch.equal(y, torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0]))
-    # channel 0 of ours (R) is channel 2 of the file (B of BGR)
-    assert torch.equal(x[2, 0], torch.from_numpy(imgs[2, :, :, 2]))
-
-
 @pytest.mark.slow
 @needs_faces
 def test_smoke_run(tmp_path):
@@ -272,22 +258,6 @@ def test_smoke_run(tmp_path):
     assert len(r["sampling"]["per_epoch"]) == r["recipe"]["epochs"] == 1
     for name in ("groups", "paired", "sampling"):
         assert_figure(tmp_path / "figures" / f"lab_dbvae_{name}.png")
-
-
-@pytest.mark.slow
-@needs_faces
-def test_smoke_run_h5(tmp_path):
-    """--h5 path end to end with a tiny synthetic file (training from it, testing on held-out data)."""
-    rng = np.random.default_rng(0)
-    path = tmp_path / "train_face.h5"
-    with h5py.File(path, "w") as f:
-        f["images"] = rng.integers(0, 256, (48, 64, 64, 3), dtype=np.uint8)
-        f["labels"] = (np.arange(48) % 2).astype(np.float32)[:, None]
-    out = tmp_path / "out"
-    run_script("lab_dbvae.py", out, "--h5", str(path), "--seeds", "0", "1", "--threads", "1", timeout=240)
-    r = load_result(out, "lab_dbvae")
-    assert r["data"]["source"] == "h5" and r["data"]["counts"]["train_faces"]["standard"] == 24
-    assert r["sampling"] is None and "standard_nodark" not in r["metrics"]
 
 
 # ----------------------------------------------------------------------------- metrics and statistics
@@ -392,9 +362,9 @@ def test_sampling_summary_and_group_helpers():
     rates = {"LF": 9, "LM": 7, "DF": 5, "DM": 6}  # detected of 10: light mean 80 %, worst dark 50 %
     m = group_metrics({g: torch.tensor([200.0] * k + [0.0] * (10 - k)) for g, k in rates.items()}, neg, 0.99)
     assert m["dark_gap"] == pytest.approx(30.0)
-    hist = {0: [{"dark_sampling_mass": 0.02, "dark_mean_p_percentile": 60.0}],
-            1: [{"dark_sampling_mass": 0.04, "dark_mean_p_percentile": 70.0}]}
-    s = sampling_summary(hist, 0.01, 1)
+    hist = [[{"epoch": 1, "dark_sampling_mass": 0.02, "dark_mean_p_percentile": 60.0}],  # one history per seed
+            [{"epoch": 1, "dark_sampling_mass": 0.04, "dark_mean_p_percentile": 70.0}]]
+    s = sampling_summary(hist, 0.01)
     assert s["per_epoch"][0]["dark_mass"]["mean"] == pytest.approx(0.03)
     assert s["per_epoch"][0]["mass_over_share"] == pytest.approx(3.0)
 
