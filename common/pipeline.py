@@ -1,5 +1,4 @@
-"""One command from the data to the PDF: every stage in dependency order, its script's default run in a fresh
-process, timed with start-up and data loading.   python -m common.pipeline [--stages ex4 report] [--dry-run]"""
+"""Every stage from the data to the PDF in dependency order, each its script's default run in a fresh process, timed."""
 import argparse
 import shlex
 import subprocess
@@ -10,47 +9,38 @@ from pathlib import Path
 from .bench import matmul_peak
 from .utils import REPO_ROOT, UserError, add_io_args, machine, run_config, run_main, write_json_atomic
 
-STAGES = {"ex1": ["ex1_autoencoder.py"], "ex2": ["ex2_classifier.py"], "ex3": ["ex3_classifier_decoding.py"],
-          "ex4": ["ex4_few_shot.py"], "ex5": ["ex5_finetune.py"],  # ex3 and ex5 reuse ex2's and ex1's checkpoints
-          "selftrain": ["ex5_finetune.py", "--variants", "scratch", "selftrain"],
-          "lab_dbvae": ["lab_dbvae.py"], "lab_cam": ["lab_cam.py"], "bench": ["-m", "common.bench"],
-          "report": ["report/build.py"]}
+STAGES = {"ex1": "ex1_autoencoder.py", "ex2": "ex2_classifier.py", "ex3": "ex3_classifier_decoding.py",
+          "ex4": "ex4_few_shot.py", "ex5": "ex5_finetune.py",  # ex3 and ex5 reuse ex2's and ex1's checkpoints
+          "selftrain": "ex5_finetune.py --variants scratch selftrain", "lab_dbvae": "lab_dbvae.py",
+          "lab_cam": "lab_cam.py", "bench": "-m common.bench", "report": "report/build.py"}
 
 
-def commands(stages, data_dir=None, out_dir=None) -> list[tuple[str, list[str]]]:
-    """(name, argv) of the chosen stages in STAGES order; --data-dir to those that read data, --out-dir to all."""
-    data, out = (["--data-dir", str(data_dir)] if data_dir else []), (["--out-dir", str(out_dir)] if out_dir else [])
-    return [(n, [sys.executable, *STAGES[n], *(data if n != "report" else []), *out]) for n in STAGES if n in stages]
-
-
-def run_stages(cmds, cwd=REPO_ROOT, clock=time.perf_counter) -> list[dict]:
-    rows = []
+def run_stages(cmds, cwd=REPO_ROOT, clock=time.perf_counter, call=subprocess.call):  # yields a row per stage
     for i, (name, cmd) in enumerate(cmds, 1):
         print(f"=== [{i}/{len(cmds)}] {name}: {shlex.join(cmd)}", flush=True)
         t0 = clock()
-        if rc := subprocess.call(cmd, cwd=cwd):
+        if rc := call(cmd, cwd=cwd):
             raise UserError(f"stage {name} failed (exit status {rc}) after {clock() - t0:.0f} s: {shlex.join(cmd)}")
-        rows.append({"name": name, "command": shlex.join(["python", *cmd[1:]]), "seconds": clock() - t0})
-    return rows
+        yield {"name": name, "command": shlex.join(["python", *cmd[1:]]), "seconds": clock() - t0}
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), metavar="STAGE",
-                   help=f"run only these, in dependency order: {' '.join(STAGES)} (default: all)")
+                   help="run only these, in dependency order: %(choices)s (default: all)")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     add_io_args(p)
     args = p.parse_args(argv)
-    out = args.out_dir or REPO_ROOT / "report"  # absolute paths below: every stage runs from the repository root
-    cmds = commands(args.stages, Path(args.data_dir).expanduser().resolve(), args.out_dir and out.resolve())
+    out = args.out_dir or REPO_ROOT / "report"  # absolute paths: every stage runs from the repository root
+    data, io = ["--data-dir", str(Path(args.data_dir).expanduser().resolve())], ["--out-dir", str(out.resolve())]
+    cmds = [(n, [sys.executable, *STAGES[n].split(), *(data if n != "report" else []), *(io if args.out_dir else [])])
+            for n in STAGES if n in args.stages]  # in dependency order; --data-dir to those that read data
     if args.dry_run:
-        print("\n".join(f"{name:9s} {shlex.join(cmd)}" for name, cmd in cmds))
-        return {}
-    peak, rows = matmul_peak(), run_stages(cmds)  # the peak first, on the idle machine: timings scale with it
+        return {"stages": list(run_stages(cmds, call=lambda cmd, cwd: 0))}
+    peak, rows = matmul_peak(), list(run_stages(cmds))  # the peak first, on the idle machine: timings scale with it
     result = {"name": "pipeline", "config": run_config(args), "machine": machine(), "matmul_peak": peak,
               "stages": rows, "total_s": sum(r["seconds"] for r in rows), "date": time.strftime("%Y-%m-%d")}
-    path = write_json_atomic(out / "results" / "pipeline.json", result)
-    print(f"{len(rows)} stages in {result['total_s']:.0f} s; wrote {path}")
+    print(f"wrote {write_json_atomic(out / 'results' / 'pipeline.json', result)} ({result['total_s']:.0f} s in all)")
     if "report" in args.stages:  # once more, untimed, so that the PDF and README show these timings
         subprocess.call(dict(cmds)["report"], cwd=REPO_ROOT)
     return result

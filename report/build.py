@@ -1,16 +1,6 @@
-"""Build the course report report/ex2.pdf from report/ex2.typ (+ theory.typ) with Typst.
-
-    python report/build.py                   # report/ex2.pdf from report/results, report/figures
-    python report/build.py --out-dir DIR     # from the scripts' --out-dir DIR: DIR/results, DIR/figures -> DIR/ex2.pdf
-    python report/build.py --pdf /tmp/r.pdf  # the PDF somewhere else
-    python report/build.py --png             # also render every page to PNG next to the PDF
-
-Typst cannot test whether a file exists, so this script passes the lists of result files and figures that are
-present (sys.inputs); a missing result becomes a box in the PDF naming the script that produces it, and is
-listed here. Built from report/results, it also rewrites the README's results tables. Needs `typst` (PyPI).
-"""
-from __future__ import annotations
-
+"""Build report/ex2.pdf from report/ex2.typ (+ theory.typ) with Typst (`typst` on PyPI), passing it the result files
+and figures that are present (Typst cannot test for a file); a missing result becomes a box in the PDF naming the script
+to run, and is listed here. Built from report/results, it also rewrites the README's results tables."""
 import argparse
 import json
 import math
@@ -20,34 +10,18 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent          # report/
-REPO = HERE.parent
-SOURCE = HERE / "ex2.typ"
-README = REPO / "README.md"
+SOURCE, README = HERE / "ex2.typ", HERE.parent / "README.md"
 MARK_START, MARK_END = "<!-- results:start (written by report/build.py) -->", "<!-- results:end -->"
-# The PDF's creation date, fixed so that the same sources give the same bytes (and a no-op build leaves the
-# git tree clean); $SOURCE_DATE_EPOCH (the reproducible-builds convention) overrides it.
-DEFAULT_EPOCH = 1704067200  # 2024-01-01 00:00 UTC
-
-# result name -> (the command that writes report/results/<name>.json, figures it should come with)
-EXPERIMENTS = {
-    "ex1": ("python ex1_autoencoder.py", ["ex1_reconstructions.png", "ex1_loss.png"]),
-    "ex2": ("python ex2_classifier.py", ["ex2_curves.png", "ex2_baselines.png"]),
-    "ex3": ("python ex3_classifier_decoding.py", ["ex3_digits.png", "ex3_tsne.png"]),
-    "ex4": ("python ex4_few_shot.py", ["ex4_curves.png", "ex4_curves_time.png"]),
-    "ex5": ("python ex5_finetune.py", ["ex45_compare.png", "ex45_compare_time.png"]),
-    "ex5_selftrain": ("python ex5_finetune.py --variants scratch selftrain", []),
-    "lab_dbvae": ("python lab_dbvae.py", ["lab_dbvae_groups.png", "lab_dbvae_paired.png", "lab_dbvae_sampling.png"]),
-    "lab_cam": ("python lab_cam.py", ["lab_cam_curves.png"]),
-    "bench": ("python -m common.bench", []),
-}
-
+DEFAULT_EPOCH = 1704067200  # 2024-01-01, the PDF's date: same sources, same bytes; $SOURCE_DATE_EPOCH overrides it
+FIGURE_TYPES = {".png", ".jpg", ".jpeg", ".svg", ".gif"}
+# result name -> the command that writes report/results/<name>.json
+EXPERIMENTS = {"ex1": "python ex1_autoencoder.py", "ex2": "python ex2_classifier.py",
+               "ex3": "python ex3_classifier_decoding.py", "ex4": "python ex4_few_shot.py",
+               "ex5": "python ex5_finetune.py", "ex5_selftrain": "python ex5_finetune.py --variants scratch selftrain",
+               "lab_dbvae": "python lab_dbvae.py", "lab_cam": "python lab_cam.py", "bench": "python -m common.bench"}
 # Figures the scripts write into report/figures/ that the report deliberately does not place, with the reason;
 # every other top-level figure there must be placed by a fig("<file>", ...) call in ex2.typ.
 UNUSED_FIGURES: dict[str, str] = {}
-
-
-class BuildError(RuntimeError):
-    pass
 
 
 def placed_figures(source: Path = SOURCE) -> set[str]:
@@ -58,231 +32,167 @@ def placed_figures(source: Path = SOURCE) -> set[str]:
 
 def unplaced_figures(figures_dir: Path, source: Path = SOURCE) -> list[str]:
     skip = placed_figures(source) | set(UNUSED_FIGURES)
-    return sorted(p.name for p in figures_dir.glob("*.png") if p.name not in skip) if figures_dir.is_dir() else []
+    return sorted(p.name for p in figures_dir.glob("*.png") if p.name not in skip)
 
 
 def write_if_changed(path: Path, data: bytes) -> bool:
     """Write `data` to `path` (atomically) only when the bytes differ; True if the file changed."""
     if path.exists() and path.read_bytes() == data:
         return False
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    path.with_name(path.name + ".tmp").write_bytes(data)
+    os.replace(path.with_name(path.name + ".tmp"), path)
     return True
 
 
-def _nan_to_none(obj):
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_nan_to_none(v) for v in obj]
-    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
-
-
-def load_results(results_dir: Path, warn: bool = True) -> dict[str, dict]:
+def load_results(results_dir: Path) -> dict[str, dict]:
     """name -> object of each results/*.json that parses as a JSON object; a broken one counts as missing."""
     out = {}
-    for p in sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []:
-        try:
-            obj = json.loads(p.read_text())
+    for p in sorted(results_dir.glob("*.json")):
+        try:  # NaN and Infinity, which Python writes and strict JSON (so Typst) rejects, read as null
+            obj = json.loads(p.read_text(), parse_constant=lambda _: None)
             if not isinstance(obj, dict):
                 raise ValueError("not a JSON object")
             out[p.stem] = obj
         except (OSError, ValueError) as e:
-            if warn:
-                print(f"warning: ignoring {p} ({e})", file=sys.stderr)
+            print(f"warning: ignoring {p} ({e})", file=sys.stderr)
     return out
-
-
-def figure_files(figures_dir: Path) -> list[str]:
-    exts = {".png", ".jpg", ".jpeg", ".svg", ".gif"}
-    return sorted(p.name for p in figures_dir.iterdir() if p.suffix.lower() in exts and "," not in p.name) \
-        if figures_dir.is_dir() else []
-
-
-def _show(path: Path) -> str:
-    """A path relative to the repo (as the README writes them) when it is inside it."""
-    try:
-        return path.resolve().relative_to(REPO).as_posix()
-    except ValueError:
-        return str(path)
 
 
 def build(out: Path, results_dir: Path, figures_dir: Path, *, png: bool = False, quiet: bool = False) -> dict:
     import typst  # imported here so --help works without it
 
-    out, results_dir, figures_dir = out.resolve(), results_dir.resolve(), figures_dir.resolve()
-    loaded, figures = load_results(results_dir), figure_files(figures_dir)
-    results, scripts = list(loaded), {name: cmd for name, (cmd, _) in EXPERIMENTS.items()}
-    try:
-        root = Path(os.path.commonpath([HERE, results_dir, figures_dir]))
-    except ValueError:  # e.g. different drives on Windows
-        raise BuildError(f"{results_dir} and {figures_dir} must be on the same drive as {HERE}")
-    # Python writes NaN/Infinity, which strict JSON, and so Typst, rejects: such a file goes as a cleaned copy
-    cleaned = {f"json_{n}": t for n, obj in loaded.items() if (t := json.dumps(_nan_to_none(obj))) != json.dumps(obj)}
-    dirs = {k: "/" + d.relative_to(root).as_posix() if d != root else "/"  # Typst: "/..." is below the root
-            for k, d in (("results_dir", results_dir), ("figures_dir", figures_dir))}
-    inputs = {"results": ",".join(results), "figures": ",".join(figures), "scripts": json.dumps(scripts), **dirs,
-              **cleaned}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    kw = dict(root=str(root), sys_inputs=inputs, timestamp=int(epoch) if epoch.isdigit() else DEFAULT_EPOCH)
+    out, results, figures_dir = out.resolve(), load_results(results_dir), figures_dir.resolve()
+    figures = sorted(p.name for p in figures_dir.glob("*") if p.suffix.lower() in FIGURE_TYPES and "," not in p.name)
+    root = Path(os.path.commonpath([HERE, figures_dir]))  # Typst reads no file outside its root
+    # the results go in as JSON text (cleaned of NaN); "," separates the names of those present
+    inputs = {"results": ",".join(results), "figures": ",".join(figures), "scripts": json.dumps(EXPERIMENTS),
+              "figures_dir": "/" + figures_dir.relative_to(root).as_posix() if figures_dir != root else "/",
+              **{f"json_{name}": json.dumps(obj) for name, obj in results.items()}}
+    kw = dict(root=str(root), sys_inputs=inputs, timestamp=int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_EPOCH)))
     try:
         pdf, warnings = typst.compile_with_warnings(str(SOURCE), **kw)
     except typst.TypstError as e:
-        raise BuildError(f"Typst could not build {SOURCE.name}:\n{e}") from e
+        raise SystemExit(f"error: Typst could not build {SOURCE.name}:\n{e}") from e
+    out.parent.mkdir(parents=True, exist_ok=True)
     changed = write_if_changed(out, pdf)  # same sources -> same bytes -> the file is left alone
     for w in warnings or []:
         print(f"typst warning: {w}", file=sys.stderr)
-    if png:
+    if png:  # every page as <pdf stem>-<page>.png next to the PDF
         typst.compile(str(SOURCE), output=str(out.with_name(out.stem + "-{0p}.png")), format="png", ppi=110, **kw)
-    pngs = sorted(out.parent.glob(out.stem + "-*.png")) if png else []
-
-    missing = {n: scripts[n] for n in EXPERIMENTS if n not in results}
-    missing_figs = {f: scripts[n] for n, (_, figs) in EXPERIMENTS.items() if n in results
-                    for f in figs if f not in figures}
+    missing = {name: cmd for name, cmd in EXPERIMENTS.items() if name not in results}
     if not quiet:
         print(f"{'wrote' if changed else 'unchanged:'} {out}  (results: {', '.join(results) or 'none'})")
         for name, cmd in missing.items():
-            print(f"  missing {name}: run `{cmd}` to produce {_show(results_dir / (name + '.json'))}")
-        for f, cmd in missing_figs.items():
-            print(f"  missing figure {f}: run `{cmd}`")
+            print(f"  missing {name}: run `{cmd}` to produce {os.path.relpath(results_dir / (name + '.json'))}")
         for f in unplaced_figures(figures_dir):
             print(f"  figure {f} is not placed in {SOURCE.name} and not listed in UNUSED_FIGURES (build.py)")
-        if pngs:
-            print(f"  rendered {len(pngs)} page(s) to {pngs[0].parent}/{out.stem}-*.png")
-    return {"pdf": out, "changed": changed, "results": results, "figures": figures, "missing": missing,
-            "missing_figures": missing_figs, "pngs": pngs}
+    return {"pdf": out, "changed": changed, "results": results, "figures": figures, "missing": missing}
 
 
 # ----------------------------------------------------------------------------- the README tables
-def _get(d, *keys):
-    """d[k0][k1]...: dict keys, or int indices into lists; None as soon as one is missing."""
-    for k in keys:
-        if isinstance(d, dict) and k in d:
+def get(d, *path, default=None):
+    """d[k0][k1]...: dict keys or list indices; `default` as soon as one is missing or of the wrong type."""
+    for k in path:
+        try:
             d = d[k]
-        elif isinstance(d, list) and isinstance(k, int) and -len(d) <= k < len(d):
-            d = d[k]
-        else:
-            return None
+        except (KeyError, IndexError, TypeError):
+            return default
     return d
 
 
-def _is_num(*vs) -> bool:
+def is_num(*vs) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vs)
 
 
-def _num(v, fmt=".4f") -> str:
-    return format(v, fmt) if _is_num(v) else "–"
+def fmt(v, spec: str = ".4f", scale: float = 1, unit: str = "") -> str:
+    """scale * v in format `spec`, then `unit`; "–" unless v is a finite number."""
+    return f"{scale * v:{spec}}{unit}" if is_num(v) else "–"
 
 
-def _pct(v) -> str:
-    return f"{100 * v:.2f} %" if _is_num(v) else "–"
+def fmt_ci(v, key: str = "mean", spec: str = ".2f", scale: float = 100, unit: str = " %") -> str:
+    """'66.34 [64.90, 67.78] %' from a {mean, ci95} summary (fractions as percentages)."""
+    x, lo, hi = (fmt(n, spec, scale) for n in (get(v, key), get(v, "ci95", 0), get(v, "ci95", 1)))
+    return "–" if "–" in (x, lo, hi) else f"{x} [{lo}, {hi}]{unit}"
 
 
-def _ci(v, key="mean", unit=" %", scale=100) -> str:
-    """'66.34 [64.90, 67.78] %' from a {mean, ci95} summary (fractions as percentages); a difference (key
-    "mean_diff") gets signs."""
-    x, lo, hi = _get(v, key), _get(v, "ci95", 0), _get(v, "ci95", 1)
-    f = "+.2f" if key == "mean_diff" else ".2f"
-    return f"{scale * x:{f}} [{scale * lo:{f}}, {scale * hi:{f}}]{unit}" if _is_num(x, lo, hi) else "–"
+def ae_share_of_peak(bench) -> str:
+    """Training FLOPs per image x images/s / the matmul peak, of our plain loop and with channels_last."""
+    flops, peak = get(bench, "ae", "train_flops_per_img"), get(bench, "matmul_peak", "best_gflops")
+    img_s = get(bench, "ae", "ours_img_s"), get(bench, "ae", "options", "channels_last", "img_s")
+    return " / ".join(fmt(flops * v / 1e9 / peak, ".2f", 100, " %") if is_num(flops, v, peak) and peak > 0 else "–"
+                      for v in img_s)
 
 
-def _count(v) -> str:
-    return str(len(v)) if isinstance(v, list) and v else "–"
-
-
-def _ae_share_of_peak(g) -> str:
-    """Training FLOPs per image x images/s / peak, of our plain loop and with channels_last."""
-    ae, peak = g("bench", "ae"), g("bench", "matmul_peak", "best_gflops")
-    flops = _get(ae, "train_flops_per_img")
-    return " / ".join(_pct(flops * v / 1e9 / peak) if _is_num(flops, v, peak) and peak > 0 else "–"
-                      for v in (_get(ae, "ours_img_s"), _get(ae, "options", "channels_last", "img_s")))
-
-
-# Each table: (heading row, its rows); a row is (experiment, metric, result), each cell a string or a function
-# of g(name, *keys), which reads report/results/<name>.json and gives None for anything missing.
-DBVAE, AE = ("lab_dbvae", "comparison", "jittered"), ("bench", "ae")
+# How a README cell shows {name.key.key:spec}, the value at that path of results/<name>.json: spec is one of these,
+# else a format spec (".4f"); "–" for a value that is missing or of the wrong type.
+FORMATS = {"pct": lambda v: fmt(v, ".2f", 100, " %"), "ci": fmt_ci,
+           "pts": lambda v: fmt_ci(v, "mean_diff", "+.2f", 100, " pts"),  # a paired difference of fractions
+           "diff": lambda v: fmt_ci(v, "mean_diff", "+.2f", 1, ""),  # ... of values in their own unit
+           "count": lambda v: str(len(v)) if isinstance(v, list) and v else "–",
+           "str": lambda v: v if isinstance(v, str) and v else "–", "ae_share_of_peak": ae_share_of_peak}
+# Each table: (heading row, its rows); a row is (experiment, metric, result).
 README_TABLES = [
     (("experiment", "metric", "result"), [
-        (lambda g: f"ex1 autoencoder, d={_num(g('ex1', 'latent_dim'), '.0f')}",
-         lambda g: f"test mean-L1, conv+FC / conv-only / PCA-{_num(g('ex1', 'latent_dim'), '.0f')}",
-         lambda g: " / ".join(_num(g("ex1", *k)) for k in [("variants", "conv_fc", "test_l1"),
-                                                            ("variants", "conv", "test_l1"), ("pca_test_l1",)])),
-        ("ex2 classifier", "test accuracy", lambda g: _pct(g("ex2", "test_acc"))),
+        ("ex1 autoencoder, d={ex1.latent_dim:.0f}", "test mean-L1, conv+FC / conv-only / PCA-{ex1.latent_dim:.0f}",
+         "{ex1.variants.conv_fc.test_l1:.4f} / {ex1.variants.conv.test_l1:.4f} / {ex1.pca_test_l1:.4f}"),
+        ("ex2 classifier", "test accuracy", "{ex2.test_acc:pct}"),
         ("ex3 decoders", "test mean-L1, AE decoder / decoder on the frozen ex2 encoder",
-         lambda g: f"{_num(g('ex3', 'ae_test_l1'))} / {_num(g('ex3', 'cls_decoder_test_l1'))}"),
-        ("ex4 100 labels, from scratch",
-         lambda g: f"test accuracy, mean [95 % CI] over {_count(g('ex4', 'seeds'))} seeds",
-         lambda g: _ci(g("ex4", "final_test_acc"))),
+         "{ex3.ae_test_l1:.4f} / {ex3.cls_decoder_test_l1:.4f}"),
+        ("ex4 100 labels, from scratch", "test accuracy, mean [95 % CI] over {ex4.seeds:count} seeds",
+         "{ex4.final_test_acc:ci}"),
         ("ex5 100 labels, AE encoder fine-tuned", "test accuracy; paired difference to scratch (same seeds)",
-         lambda g: f"{_ci(g('ex5', 'variants', 'finetune', 'final_test_acc'))}; "
-                   f"{_ci(g('ex5', 'variants', 'finetune', 'vs_scratch'), key='mean_diff', unit=' pts')}"),
+         "{ex5.variants.finetune.final_test_acc:ci}; {ex5.variants.finetune.vs_scratch:pts}"),
         ("lab DB-VAE", "primary endpoint: group variance of detection (%²), jittered test, standard → DB-VAE; "
                        "paired difference [95 % CI], p",
-         lambda g: f"{_num(g(*DBVAE, 'standard', 'mean'), '.2f')} → {_num(g(*DBVAE, 'dbvae', 'mean'), '.2f')}; "
-                   f"{_ci(g(*DBVAE), key='mean_diff', unit='', scale=1)}, p = {_num(g(*DBVAE, 'p_value'), '.3f')} "
-                   f"({g(*DBVAE, 'verdict') or '–'})"),
-        ("lab CAM (Imagenette)", "validation accuracy", lambda g: _pct(g("lab_cam", "val_acc"))),
-        ("full pipeline (`python -m common.pipeline`)",
-         lambda g: f"wall time of all stages on {g('pipeline', 'machine', 'cpu') or '–'} (fp32 matmul peak "
-                   f"{_num(g('pipeline', 'matmul_peak', 'best_gflops'), '.0f')} GFLOP/s)",
-         lambda g: f"{_num(g('pipeline', 'total_s'), '.0f')} s"),
+         "{lab_dbvae.comparison.jittered.standard.mean:.2f} → {lab_dbvae.comparison.jittered.dbvae.mean:.2f}; "
+         "{lab_dbvae.comparison.jittered:diff}, p = {lab_dbvae.comparison.jittered.p_value:.3f} "
+         "({lab_dbvae.comparison.jittered.verdict:str})"),
+        ("lab CAM (Imagenette)", "validation accuracy", "{lab_cam.val_acc:pct}"),
+        ("full pipeline (`python -m common.pipeline`)", "wall time of all stages on {pipeline.machine.cpu:str} "
+         "(fp32 matmul peak {pipeline.matmul_peak.best_gflops:.0f} GFLOP/s)", "{pipeline.total_s:.0f} s"),
     ]),
     (("speed", "metric", "result"), [
-        ("AE training (`python -m common.bench`)",
-         lambda g: f"images/s, ours / DataLoader, on {g('bench', 'machine', 'cpu') or '–'}",
-         lambda g: f"{_num(g(*AE, 'ours_img_s'), ',.0f')} / {_num(g(*AE, 'baseline_img_s'), ',.0f')} "
-                   f"({_num(g(*AE, 'speedup'), '.2f')}×)"),
-        ("AE training", lambda g: f"share of the {_num(g('bench', 'matmul_peak', 'best_gflops'), '.1f')} GFLOP/s "
-                                  "fp32 matmul peak: plain / channels_last", _ae_share_of_peak),
+        ("AE training (`python -m common.bench`)", "images/s, ours / DataLoader, on {bench.machine.cpu:str}",
+         "{bench.ae.ours_img_s:,.0f} / {bench.ae.baseline_img_s:,.0f} ({bench.ae.speedup:.2f}×)"),
+        ("AE training", "share of the {bench.matmul_peak.best_gflops:.1f} GFLOP/s fp32 matmul peak: plain / "
+         "channels_last", "{bench:ae_share_of_peak}"),
         ("seed stacking for ex4 (`python -m common.bench --stacking`)",
          "time of 10 vmap-stacked seeds / 10 plain seeds: training step / test forward pass",
-         lambda g: " / ".join(f"{_num(g('bench_stacking', f'{k}_ratio_stacked_over_plain'), '.2f')}×"
-                              for k in ("step", "eval"))),
+         "{bench_stacking.step_ratio_stacked_over_plain:.2f}× / {bench_stacking.eval_ratio_stacked_over_plain:.2f}×"),
     ]),
 ]
 
 
-def readme_table(results_dir: Path) -> str:
-    """The README's results tables, every number read from results/*.json (nothing typed by hand)."""
-    r = load_results(results_dir, warn=False)
-    g = lambda name, *keys: _get(r.get(name), *keys)  # noqa: E731
-    return "\n\n".join("\n".join([f"| {' | '.join(head)} |", "|---" * len(head) + "|"]
-                                 + [f"| {' | '.join(c(g) if callable(c) else c for c in row)} |" for row in rows])
-                       for head, rows in README_TABLES)
+def readme_table(results: dict) -> str:
+    """The README's results tables, every number read from `results` (load_results; nothing typed by hand)."""
+    def fill(m: re.Match) -> str:  # {name.key.key:spec}: that value of results/<name>.json, shown as FORMATS says
+        v = get(results, *m[1].split("."))
+        return FORMATS[m[2]](v) if m[2] in FORMATS else fmt(v, m[2])
+    text = "\n\n".join("\n".join([f"| {' | '.join(head)} |", "|---" * len(head) + "|"]
+                                  + [f"| {' | '.join(row)} |" for row in rows]) for head, rows in README_TABLES)
+    return re.sub(r"\{([\w.]+):([^}]+)\}", fill, text)
 
 
-def update_readme(results_dir: Path) -> bool:
-    """Rewrite the tables between the README's result markers; False if the markers are absent or the tables
-    are already up to date (the file is then not touched)."""
+def update_readme(results: dict) -> bool:
+    """Rewrite the tables between the README's result markers if they changed; False if not, or no markers."""
     text = README.read_text() if README.exists() else ""
     if MARK_START not in text or MARK_END not in text:
         return False
     head, rest = text.split(MARK_START, 1)
-    table = f"{MARK_START}\n{readme_table(results_dir)}\n{MARK_END}"
+    table = f"{MARK_START}\n{readme_table(results)}\n{MARK_END}"
     return write_if_changed(README, (head + table + rest.split(MARK_END, 1)[1]).encode())
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out-dir", type=Path, default=HERE,
-                   help="the folder the scripts wrote results/ and figures/ into, and where ex2.pdf goes "
-                        "(default: report/)")
-    p.add_argument("--results-dir", type=Path, default=None, help="result JSON folder (default: OUT_DIR/results)")
-    p.add_argument("--figures-dir", type=Path, default=None, help="figure folder (default: OUT_DIR/figures)")
-    p.add_argument("--pdf", type=Path, default=None, help="the PDF to write (default: OUT_DIR/ex2.pdf)")
-    p.add_argument("--png", action="store_true", help="also render each page to PDF-<page>.png")
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out-dir", type=Path, default=HERE, help="the folder the scripts wrote results/ and figures/ "
+                   "into, and where ex2.pdf goes (default: report/)")
+    p.add_argument("--pdf", type=Path, help="the PDF to write (default: OUT_DIR/ex2.pdf)")
+    p.add_argument("--png", action="store_true", help="also render each page to PDF-<page>.png, next to the PDF")
     args = p.parse_args(argv)
-    results_dir = args.results_dir or args.out_dir / "results"
-    try:
-        build(args.pdf or args.out_dir / "ex2.pdf", results_dir, args.figures_dir or args.out_dir / "figures",
-              png=args.png)
-    except BuildError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if results_dir.resolve() == HERE / "results" and update_readme(results_dir):
-        print(f"updated the results table in {_show(README)}")
+    info = build(args.pdf or args.out_dir / "ex2.pdf", args.out_dir / "results", args.out_dir / "figures", png=args.png)
+    if args.out_dir.resolve() == HERE and update_readme(info["results"]):
+        print("updated the results tables in README.md")
     return 0
 
 

@@ -75,6 +75,9 @@ def test_rounds_interleave():
     order = []
     runs = interleaved({k: (lambda r, k=k: order.append(k) or 10.0 * r + len(order)) for k in "ab"}, 2, "test")
     assert order == ["a", "b", "a", "b"] and runs == {"a": [1.0, 13.0], "b": [2.0, 14.0]}
+    order.clear()  # a warm-up round runs like the others and is dropped
+    runs = interleaved({k: (lambda r, k=k: order.append(k) or 10.0 * r + len(order)) for k in "ab"}, 1, "test", 1)
+    assert order == ["a", "b", "a", "b"] and runs == {"a": [13.0], "b": [14.0]}
 
 
 @pytest.mark.slow
@@ -120,17 +123,3 @@ def test_stacking_bench_reports_both_paths_and_their_ratio():
     assert r["n_seeds"] == 2 and all(len(v) == 2 and min(v) > 0 for v in r["runs"].values())
     assert r["step_ratio_stacked_over_plain"] == pytest.approx(r["stacked_step_s"] / r["plain_steps_s"])
     assert r["eval_ratio_stacked_over_plain"] == pytest.approx(r["stacked_eval_s"] / r["plain_eval_s"])
-
-
-def test_recipe_sweep_extends_rows_of_the_same_machine_only(tmp_path):
-    path = tmp_path / "bench_recipes.json"
-    machine = {"cpu": "X", "threads": 2}
-    old = [{"model": "ex1 conv_fc", "epochs": 4, "value": 0.031}, {"model": "ex1 conv_fc", "epochs": 6, "value": 0.029}]
-    path.write_text(json.dumps({"machine": machine, "rows": old}))
-    new = [{"model": "ex1 conv_fc", "epochs": 4, "value": 0.030},
-           {"model": "ex2 classifier", "epochs": 4, "value": 0.99}]
-    rows = bench.merge_recipe_rows(path, new, machine)
-    assert [(r["model"], r["epochs"], r["value"]) for r in rows] == [
-        ("ex1 conv_fc", 4, 0.030), ("ex1 conv_fc", 6, 0.029), ("ex2 classifier", 4, 0.99)]
-    assert bench.merge_recipe_rows(path, new, {"cpu": "Y", "threads": 2}) == sorted(
-        new, key=lambda r: r["model"])                                    # another CPU: old rows dropped

@@ -192,8 +192,7 @@ def test_build_with_current_results(tmp_path):
 @pytest.mark.slow
 def test_build_with_no_results_names_the_scripts(tmp_path):
     (tmp_path / "results").mkdir()
-    proc = run_build("--results-dir", tmp_path / "results", "--figures-dir", tmp_path / "figures",
-                     "--pdf", tmp_path / "empty.pdf")
+    proc = run_build("--out-dir", tmp_path, "--pdf", tmp_path / "empty.pdf")  # no figures/ either
     for name in ("ex1", "ex2", "ex3", "ex4", "ex5", "lab_dbvae", "lab_cam"):
         assert f"missing {name}:" in proc.stdout
     assert "missing ex1: run `python ex1_autoencoder.py`" in proc.stdout
@@ -210,7 +209,7 @@ def test_build_with_full_synthetic_results(tmp_path):
     for f in FIGURES:
         _tiny_png(tmp_path / "figures" / f)
     info = _build_module().build(tmp_path / "full.pdf", tmp_path / "results", tmp_path / "figures", quiet=True)
-    assert not info["missing"] and not info["missing_figures"]
+    assert not info["missing"] and set(info["figures"]) == set(FIGURES)
     text = pdf_text(tmp_path / "full.pdf")
     assert_headings(text)
     assert "Result not available yet" not in text and "not run" not in text
@@ -349,7 +348,7 @@ def test_readme_table_reads_every_row_from_the_results(tmp_path):
     }
     for name, obj in extra.items():
         (tmp_path / "results" / f"{name}.json").write_text(json.dumps(obj))
-    table = mod.readme_table(tmp_path / "results")
+    table = mod.readme_table(mod.load_results(tmp_path / "results"))
     results, speed = (table_rows(t) for t in table.split("\n\n"))
     assert [len(results), len(speed)] == [len(rows) for _, rows in mod.README_TABLES]
     assert results["ex1 autoencoder, d=12"] == ["test mean-L1, conv+FC / conv-only / PCA-12",
@@ -374,14 +373,15 @@ def test_readme_table_reads_every_row_from_the_results(tmp_path):
 
 def test_readme_table_from_the_committed_results_has_no_gaps():
     """The committed results/*.json fill every row."""
-    tables = _build_module().readme_table(REPO / "report" / "results").split("\n\n")
+    mod = _build_module()
+    tables = mod.readme_table(mod.load_results(REPO / "report" / "results")).split("\n\n")
     rows = {name: cells for t in tables for name, cells in table_rows(t).items()}
     gaps = {name: cells[1] for name, cells in rows.items() if MISSING.search(cells[0] + " " + cells[1])}
     assert not gaps, gaps
 
 
-@pytest.mark.parametrize("leaf", [lambda v: None, lambda v: "n/a", lambda v: [v], lambda v: {"v": v}, lambda v: 7],
-                         ids=["null", "string", "list", "dict", "int"])
+@pytest.mark.parametrize("leaf", [lambda v: None, lambda v: "n/a", lambda v: [v], lambda v: {"v": v}, lambda v: 7,
+                                  lambda v: True], ids=["null", "string", "list", "dict", "int", "bool"])
 def test_readme_table_survives_unexpected_value_types(tmp_path, leaf):
     mod = _build_module()
     synthetic_results(tmp_path)
@@ -389,5 +389,30 @@ def test_readme_table_survives_unexpected_value_types(tmp_path, leaf):
         p.write_text(json.dumps(_mutate(json.loads(p.read_text()), leaf)))
     (tmp_path / "results" / "pipeline.json").write_text(json.dumps({"stages": 3, "machine": []}))
     lines = 3 * len(mod.README_TABLES) - 1 + sum(len(rows) for _, rows in mod.README_TABLES)  # heads, blank lines
-    assert len(mod.readme_table(tmp_path / "results").splitlines()) == lines
-    assert len(mod.readme_table(tmp_path / "nothing").splitlines()) == lines
+    table = mod.readme_table(mod.load_results(tmp_path / "results"))
+    assert len(table.splitlines()) == lines
+    assert not re.search(r"\['|\{'|\bTrue\b|\bNone\b", table), "a raw JSON value in the README table"
+    assert len(mod.readme_table(mod.load_results(tmp_path / "nothing")).splitlines()) == lines
+
+
+def test_get_and_fmt_return_the_gap_mark_for_anything_but_a_finite_number():
+    mod = _build_module()
+    d = {"a": {"b": [0.5, {"c": 3}]}, "s": "text"}
+    assert mod.get(d, "a", "b", 1, "c") == 3 and mod.get(d, "a", "b", -2) == 0.5
+    for path in [("x",), ("a", "b", 2), ("a", "b", "c"), ("s", "t"), ("a", "b", 0, "c")]:
+        assert mod.get(d, *path, default="?") == "?", path  # missing, out of range or of the wrong type
+    assert [mod.fmt(v) for v in (0.25, 3, float("nan"), float("inf"), True, None, "0.2", [0.2])] == [
+        "0.2500", "3.0000", "–", "–", "–", "–", "–", "–"]
+    assert mod.fmt(0.9931, ".2f", 100, " %") == "99.31 %" and mod.fmt(5200.0, ",.0f") == "5,200"
+    assert mod.fmt_ci({"mean_diff": -0.045, "ci95": [-0.06, -0.03]}, "mean_diff", "+.2f", 100, " pts") == \
+        "-4.50 [-6.00, -3.00] pts"
+    assert mod.fmt_ci({"mean": 0.5, "ci95": [0.4]}) == "–"  # half a confidence interval is none
+
+
+def test_unplaced_figures_are_found(tmp_path):
+    mod = _build_module()
+    placed = sorted(mod.placed_figures())
+    assert "ex1_loss.png" in placed
+    for name in (placed[0], "stray_plot.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert mod.unplaced_figures(tmp_path) == ["stray_plot.png"]
