@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch.autograd.functional import jacobian
 
 
-
 @pytest.fixture(autouse=True)
 def _seed_and_float64():
     """float64 for exact comparisons without float32 round-off noise, restored after each test so
