@@ -18,7 +18,7 @@ import torch
 
 from common.data import load_mnist_splits
 from common.models import AE_RECIPE, AutoEncoder, count_parameters
-from common.plots import image_rows, plot_curves
+from common.plots import image_grid, plot_curves
 from common.train import fit, mean_l1, predict, tensorboard_dir
 from common.utils import add_common_args, add_model_args, run_main, seed_everything, setup, write_results
 
@@ -96,11 +96,11 @@ def main(argv=None) -> dict:
                    pca_explained_variance=pca["explained_variance"],
                    all_black_test_l1=test.x.mean().item())  # the L1 of predicting 0 everywhere
 
-    rows = [test.x[:N_SHOW]] + [recons[n][:N_SHOW] for n in args.variants] + [pca["recon"][:N_SHOW].clamp(0, 1)]
-    labels = (["input"] + [f"AE {n}\nL1={results['variants'][n]['test_l1']:.4f}" for n in args.variants]
-              + [f"PCA-{args.latent_dim}\nL1={pca['test_l1']:.4f}"])
-    image_rows(rows, labels, fig_dir / "ex1_reconstructions.png",
-               f"MNIST test digits and their reconstructions from a d={args.latent_dim} code")
+    rows = {"input": test.x[:N_SHOW], **{f"AE {n}\nL1={results['variants'][n]['test_l1']:.4f}": recons[n][:N_SHOW]
+                                        for n in args.variants},
+            f"PCA-{args.latent_dim}\nL1={pca['test_l1']:.4f}": pca["recon"][:N_SHOW]}
+    image_grid(rows, fig_dir / "ex1_reconstructions.png",
+               f"MNIST test digits and their reconstructions from a d={args.latent_dim} code", N_SHOW, rows=True)
     plot_curves({n: results["history"][n] for n in args.variants}, fig_dir / "ex1_loss.png",
                 f"Autoencoder mean-L1 per epoch (d={args.latent_dim})", metrics=(("loss", "mean L1"),),
                 hlines={f"PCA-{args.latent_dim} test": pca["test_l1"]}, logy_loss=True)

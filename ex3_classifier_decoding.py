@@ -27,7 +27,7 @@ import torch
 
 from common.data import load_mnist_splits
 from common.models import AE_RECIPE, CLASSIFIER_RECIPE, AutoEncoder, Classifier, Decoder, EncoderDecoder
-from common.plots import digit_panels, scatter_panels
+from common.plots import image_grid, scatter_panels
 from common.stats import standardise
 from common.train import Recipe, fit, load_or_fit, mean_l1, predict, tensorboard_dir
 from common.utils import add_common_args, add_model_args, positive_int, run_main, seed_everything, setup, write_results
@@ -91,7 +91,7 @@ def write_figures(test, recon: dict, l1: dict, codes: dict, sil: dict, args, fig
     idx = torch.cat([torch.nonzero(test.y == c).flatten()[:args.per_class] for c in range(N_CLASSES)])
     idx = idx.view(N_CLASSES, -1).t().flatten()  # row r holds the r-th example of every digit 0..9
     names = {"ae": "AE (ex1)", "cls": "classifier enc. + decoder"}
-    digit_panels({"input": test.x[idx], **{f"{names[k]}\nL1={l1[k]:.4f}": v[idx] for k, v in recon.items()}},
+    image_grid({"input": test.x[idx], **{f"{names[k]}\nL1={l1[k]:.4f}": v[idx] for k, v in recon.items()}},
                  fig_dir / "ex3_digits.png", f"{len(idx)} test digits ({args.per_class} per class): input, "
                  "ex1 autoencoder, decoder on the frozen ex2 classifier encoder", ncol=N_CLASSES)
     from sklearn.manifold import TSNE

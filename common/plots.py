@@ -71,41 +71,22 @@ def plot_curves(runs: dict[str, list[dict]], path: Path, title: str, *, x: str =
         return save(fig, path)
 
 
-def image_rows(rows: list[torch.Tensor], labels: list[str], path: Path, title: str,
-               col_titles: list[str] | None = None) -> Path:
-    """A grid: one row per tensor (N, 1, H, W) in [0, 1], row labels on the left.
-
-    Sized for the report's full text width (~17 cm, 6.7 in): 12 columns come out about 7 in wide, so the
-    9 pt labels print at about 8.5 pt (every text stays >= 7 pt at the size the figure is placed).
-    """
-    n = rows[0].shape[0]
-    fig, axes = plt.subplots(len(rows), n, figsize=(0.55 * n + 1.3, 0.6 * len(rows) + 0.7), squeeze=False)
-    for r, (imgs, label) in enumerate(zip(rows, labels)):
-        for c in range(n):
-            ax = axes[r][c]
-            ax.imshow(imgs[c, 0].cpu(), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([]), ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
-            if r == 0 and col_titles:
-                ax.set_title(col_titles[c], fontsize=9)
-    fig.suptitle(title, fontsize=11)
-    fig.subplots_adjust(wspace=0.05, hspace=0.05)
-    return save(fig, path)
-
-
-def digit_panels(panels: dict[str, torch.Tensor], path: Path, title: str, ncol: int = 10) -> Path:
-    """Side-by-side panels, each a grid of images (N, 1, H, W) with `ncol` columns, same order in each.
-
-    Sized so that three panels placed at the full text width (~6.7 in) keep their 10 pt titles at ~8 pt.
-    """
+def image_grid(panels: dict[str, torch.Tensor], path: Path, title: str, ncol: int, *, rows: bool = False) -> Path:
+    """Panels of images (N, 1, H, W) in [0, 1], each a grid of `ncol` columns (same order in each): side by
+    side with titles above, or one under the other with labels on the left (rows=True). Sized for the
+    report's 17 cm text width, where the labels print at 7.5-9 pt."""
     from torchvision.utils import make_grid
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.9 * len(panels), 2.6), squeeze=False)
-    for ax, (name, imgs) in zip(axes[0], panels.items()):
-        grid = make_grid(imgs.clamp(0, 1), nrow=ncol, padding=1, pad_value=0.5)  # (3, H', W')
-        ax.imshow(grid.permute(1, 2, 0))
-        ax.set_title(name, fontsize=10)
-        ax.axis("off")
+    n = len(panels)
+    fig, axes = plt.subplots(n if rows else 1, 1 if rows else n, squeeze=False,
+                             figsize=(7.0, 0.62 * n + 0.6) if rows else (2.9 * n, 2.6))
+    for ax, (name, imgs) in zip(axes.flat, panels.items()):
+        ax.imshow(make_grid(imgs.clamp(0, 1), nrow=ncol, padding=1, pad_value=0.5).permute(1, 2, 0))  # (H', W', 3)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if rows:
+            ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+        else:
+            ax.set_title(name, fontsize=10)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return save(fig, path)
