@@ -85,8 +85,8 @@ def main(argv=None) -> dict:
     recipe = RECIPE.override(args)
     print(f"ex1: {len(train)} train / {len(test)} test images, d={args.latent_dim}, device={device}")
 
-    results = {"name": "ex1", "seed": args.seed,
-               "recipe": dataclasses.asdict(recipe), "latent_dim": args.latent_dim, "variants": {}, "history": {}}
+    results = {"name": "ex1", "seed": args.seed, "recipe": dataclasses.asdict(recipe), "latent_dim": args.latent_dim,
+               "variants": {}, "history": {}}
     recons = {}
     for name in args.variants:
         results["variants"][name], results["history"][name], recons[name] = train_variant(

@@ -107,9 +107,8 @@ def main(argv=None) -> dict:
 
     main_model = classifier()
     ours = train_one("encoder+MLP", main_model, "ex2_classifier.pt")
-    results = {"name": "ex2", "seed": args.seed,
-               "recipe": dataclasses.asdict(recipe), "train_size": len(train), "test_size": len(test), **ours,
-               "baselines": {}}
+    results = {"name": "ex2", "seed": args.seed, "recipe": dataclasses.asdict(recipe), "train_size": len(train),
+               "test_size": len(test), **ours, "baselines": {}}
     baseline_recipe = dataclasses.replace(recipe, epochs=args.baseline_epochs or args.epochs)
     for name in args.baselines:
         seed_everything(args.seed)

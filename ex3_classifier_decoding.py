@@ -139,8 +139,7 @@ def main(argv=None) -> dict:
     stats, sil, knn = latent_measurements(codes, train, test, args)
 
     write_figures(test, recon, l1, codes, sil, args, fig_dir)
-    results = {"name": "ex3", "seed": args.seed,
-               "recipe": dataclasses.asdict(recipe),
+    results = {"name": "ex3", "seed": args.seed, "recipe": dataclasses.asdict(recipe),
                "ae_test_l1": l1["ae"], "cls_decoder_test_l1": l1["cls"],
                "silhouette": sil, "knn_acc": knn,
                **{key: {k: s[stat] for k, s in stats.items()} for key, stat in STAT_KEYS.items()},

@@ -53,8 +53,7 @@ def main(argv=None) -> dict:
 
     r = fewshot.fit_seeds(train_one, seeds, data.curve_test, data.test, desc="ex4")
     model = models[0]
-    results = {"name": "ex4",
-               "recipe": dataclasses.asdict(recipe), "model": model.config,
+    results = {"name": "ex4", "recipe": dataclasses.asdict(recipe), "model": model.config,
                "train_indices": data.train.index, "train_labels": data.train.y,
                "train_class_counts": fewshot.class_counts(data.train.y), "params": count_parameters(model), **r}
 

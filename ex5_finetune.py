@@ -195,8 +195,7 @@ def main(argv=None) -> dict:
     names = ["scratch"] + [v for v in args.variants if v != "scratch"]  # the reference runs first
     ae, ae_recipe = (pretrained_autoencoder(args, data, runs_dir, device) if any(VARIANTS[v][0] for v in names)
                      else (None, None))
-    results = {"name": "ex5",
-               "recipe": dataclasses.asdict(recipe), "model": make_model(args, None, False).config,
+    results = {"name": "ex5", "recipe": dataclasses.asdict(recipe), "model": make_model(args, None, False).config,
                "train_indices": data.train.index, "train_class_counts": fewshot.class_counts(data.train.y),
                "seeds": seeds, "autoencoder_recipe": ae_recipe and dataclasses.asdict(ae_recipe), "variants": {}}
     for name in names:
@@ -213,7 +212,7 @@ def main(argv=None) -> dict:
                               tb_dir=tb / f"seed{gen.initial_seed()}" if tb else None)
 
         r = fewshot.fit_seeds(selftrain_fn(args, ae, data, device) if name == "selftrain" else train_one, seeds,
-                      data.curve_test, data.test, desc=f"ex5 {name}")
+                              data.curve_test, data.test, desc=f"ex5 {name}")
         results["variants"][name] = {"label": label, "augment": v_recipe.augment, **r}
     results["comparisons"] = compare(results["variants"], seeds)
 
