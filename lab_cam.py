@@ -4,8 +4,7 @@ A GAP + linear CNN (common/cam.py) trained on Imagenette v2 train (160 px files)
 official val split ("test" in the history) with CAMs, compared with Grad-CAM. The val centre crop (--val-size) is
 larger than the random-resized training crops (--train-size), as those make objects look bigger (Touvron et al. 2019).
 
-    DATA_DIR=../shared/data python lab_cam.py   # report/figures/lab_cam_*.png, cam/, results/lab_cam.json
-    DATA_DIR=../shared/data python lab_cam.py --smoke    # seconds, 2 images per class, into a temp dir"""
+    DATA_DIR=../shared/data python lab_cam.py [--smoke]   # report/figures/lab_cam_*.png, cam/, results/lab_cam.json"""
 from __future__ import annotations
 
 import argparse
@@ -18,10 +17,9 @@ import torch
 from torchvision.transforms.v2.functional import center_crop
 from tqdm.auto import tqdm
 
-from common import utils
-from common.cam import CamCNN, border_share, generate_cam, grad_cam, input_size_cams, normalise_map
+from common import cam, utils
 from common.data import IMAGENETTE_CLASSES, TensorData, decode_images, imagenette_split, to_float, warp
-from common.models import count_parameters
+from common.plots import plot_curves
 from common.train import EVAL_BATCH, Recipe, fit, predict, resolve_precision, tensorboard_dir
 from common.utils import UserError, fraction, number, positive_int
 
@@ -41,10 +39,8 @@ class CamRecipe(Recipe):
 
 
 SMOKE_PER_CLASS, SMOKE_EPOCHS = 2, 1  # --smoke: 2 images x 10 classes per split, one epoch
-DECODE_CHUNK = 512                    # images per decode call: bounds the memory of decoded full-size JPEGs
 WRONG_REASON_MIN_CONF = 0.5  # a 'right for the wrong reason' candidate must be at least this confident
 OVERVIEW_CLASSES = 5         # classes (rows) per overview figure: 5 rows at the text width fit one page
-GRADCAM_COLUMNS = ["original", "CAM (min-max)", "Grad-CAM (ReLU, min-max)", "|CAM - Grad-CAM|"]
 KIND_TITLES = {"correct": "most confident correct",
                "wrong_reason_candidate": f"correct, p ≥ {WRONG_REASON_MIN_CONF:.0%}, CAM in border",
                "misclassified": "most confident mistake"}
@@ -77,26 +73,23 @@ def get_args(argv=None) -> tuple[argparse.Namespace, CamRecipe]:
     return args, CamRecipe(augment=aug, **{k: v for k, v in vars(args).items() if hasattr(CamRecipe, k)})
 
 
-def load_data(data_dir, recipe: CamRecipe, per_class: int | None = None) -> dict:
-    """Imagenette v2 train and val, decoded once at recipe.img_size (x (N, 3, S, S) uint8), val centre-cropped to
-    recipe.val_size; classes: sorted WordNet ids (torchvision's order); per_class: each class's first n files."""
+def load_data(data_dir, recipe: CamRecipe, per_class: int | None = None, chunk: int = 512) -> dict:
+    """Imagenette v2 train/val, uint8 (N, 3, S, S), val centre-cropped, classes in torchvision's order (sorted ids)."""
     from torchvision.datasets import ImageFolder
-    t0 = time.perf_counter()
-    data = {"skipped": {}}
+    data, t0 = {"skipped": {}}, time.perf_counter()
     for split in ("train", "val"):
         split_dir = imagenette_split(data_dir, split)
         try:
             ds = ImageFolder(str(split_dir))  # .samples: (path, class) sorted by class
-        except FileNotFoundError as exc:  # no class folder, or a class folder without images
-            raise UserError(f"'{split_dir}' has no usable images ({str(exc).splitlines()[0].rstrip('.')}); it should "
-                            f"hold one folder per Imagenette class (n01440764 ... n03888257) of JPEG images") from exc
+        except FileNotFoundError as e:  # no class folder, or a class folder without images
+            raise UserError(f"'{split_dir}' has no usable images ({e}); expects one folder per Imagenette class") from e
         if data.setdefault("wnids", ds.classes) != ds.classes:
             raise UserError(f"train/val class folders differ: {data['wnids']} vs {ds.classes}")
         samples = [s for c in range(len(ds.classes)) for s in [t for t in ds.samples if t[1] == c][:per_class]]
         skipped = data["skipped"][split] = []  # decode_images adds the unreadable files here, leaves them out of x
         with tqdm(total=len(samples), desc=f"decode {split}", unit="img", leave=False) as bar:
-            x = torch.cat([decode_images([p for p, _ in samples[i:i + DECODE_CHUNK]], recipe.img_size, bar, skipped)
-                           for i in range(0, len(samples), DECODE_CHUNK)])                 # (N, 3, S, S) uint8
+            x = torch.cat([decode_images([p for p, _ in samples[i:i + chunk]], recipe.img_size, bar, skipped)
+                           for i in range(0, len(samples), chunk)])  # (N, 3, S, S) uint8; chunks bound full-size JPEGs
         y = torch.tensor([label for p, label in samples if p not in skipped], dtype=torch.long)  # (N,)
         if not len(y):
             raise UserError(f"no image under '{split_dir}' could be decoded ({len(skipped)} unreadable)")
@@ -117,15 +110,14 @@ def random_resized_crop(x, gen: torch.Generator, out_size: int, scale=(0.35, 1.0
     return warp(to_float(x), theta, out_size, padding="reflection")
 
 
-def evaluate_val(model: CamCNN, val: TensorData, names: list[str], device, batch_size: int = EVAL_BATCH) -> dict:
+def evaluate_val(model: cam.CamCNN, val: TensorData, names: list[str], device, batch_size: int = EVAL_BATCH) -> dict:
     """fp32 eval of every val image: logits (N, C), pred, conf (N,), CAMs (N, H, W), border share, accuracies."""
-    logits, cams = predict(model, val.x, device, batch_size, fn=partial(input_size_cams, model))
+    logits, cams = predict(model, val.x, device, batch_size, fn=partial(cam.input_size_cams, model))
     conf, pred = logits.softmax(1).max(1)
-    correct = pred == val.y
-    confusion = torch.bincount(val.y * len(names) + pred, minlength=len(names) ** 2).view(len(names), -1)
-    return {"logits": logits, "cams": cams, "conf": conf, "pred": pred, "acc": correct.float().mean().item(),
-            "border_share": border_share(cams), "confusion": confusion,
-            "per_class_acc": {n: correct[val.y == c].float().mean().item() for c, n in enumerate(names)}}
+    confusion = torch.bincount(val.y * len(names) + pred, minlength=len(names) ** 2).view(len(names), -1)  # true x pred
+    return {"logits": logits, "cams": cams, "conf": conf, "pred": pred, "border_share": cam.border_share(cams),
+            "acc": (confusion.trace() / confusion.sum()).item(), "confusion": confusion,
+            "per_class_acc": dict(zip(names, (confusion.diag() / confusion.sum(1)).tolist()))}
 
 
 def pick_examples(y, pred, conf, share, num_classes: int) -> dict[int, dict[str, int | None]]:
@@ -142,92 +134,80 @@ def pick_examples(y, pred, conf, share, num_classes: int) -> dict[int, dict[str,
     return picks
 
 
-def compare_gradcam(model: CamCNN, data: TensorData, n: int, names: list[str], figure_rows=4) -> tuple[dict, dict]:
+def compare_gradcam(model: cam.CamCNN, data: TensorData, n: int, names: list[str], path, figure_rows=4) -> dict:
     """CAM vs Grad-CAM on n val images spread evenly over the (class-sorted) data: Pearson r of the raw maps
-    (no ReLU, equal up to 1/(h w)) and of min-max CAM vs standard ReLU Grad-CAM, and the Grad-CAM/CAM scale."""
+    (no ReLU, equal up to 1/(h w)) and of min-max CAM vs standard ReLU Grad-CAM, the Grad-CAM/CAM scale; a figure."""
     idx = torch.linspace(0, len(data) - 1, min(n, len(data))).round().long().unique()
     shown = set(idx[torch.linspace(0, len(idx) - 1, figure_rows).round().long()].tolist())
-    stats, rows = [], {}  # rows: figure row label -> (image, map) panels under GRADCAM_COLUMNS
+    stats, rows = [], {}  # rows: figure row label -> its (image, map) panels
     for i in idx.tolist():
-        cam, c, _ = generate_cam(model, data.x[i], normalize=False)                # (H, W)
-        gc, _ = grad_cam(model, data.x[i], c, normalize=False, relu=False)          # (H, W)
-        cam_n, gc_n = normalise_map(cam), grad_cam(model, data.x[i], c)[0]          # min-max CAM, ReLU Grad-CAM
-        r = [torch.corrcoef(torch.stack([u.flatten(), v.flatten()]))[0, 1] for u, v in ((cam, gc), (cam_n, gc_n))]
-        a, b = cam.flatten(), gc.flatten()                                          # (H W,)
-        stats.append((*r, (b @ a) / (a @ a)))                                       # least-squares scale: b = s a
+        g, c = cam.grad_cam(model, data.x[i], normalize=False, relu=False)          # raw Grad-CAM (H, W), predicted c
+        m = cam.input_size_cams(model, data.x[i:i + 1], [c], normalize=False)[1][0].detach()  # raw CAM (H, W) of c
+        m_n, g_n = cam.normalise_map(m), cam.grad_cam(model, data.x[i], c)[0]       # min-max CAM, ReLU Grad-CAM
+        r = [torch.corrcoef(torch.stack([u.flatten(), v.flatten()]))[0, 1] for u, v in ((m, g), (m_n, g_n))]
+        stats.append((*r, g.flatten() @ m.flatten() / (m.flatten() @ m.flatten())))  # least-squares scale: g = s m
         if i in shown:
             rows[f"val #{i}\ntrue: {names[int(data.y[i])]}\npred: {names[c]}"] = [
-                (data.x[i], None), (None, cam_n), (None, gc_n), (None, (cam_n - gc_n).abs())]
+                (data.x[i], None), (None, m_n), (None, g_n), (None, (m_n - g_n).abs())]
     raw, minmax, scale = (torch.stack(v).nan_to_num(1.0) for v in zip(*stats))  # (n,); NaN r (flat maps): agreement
+    cam.map_rows(list(rows.values()), ["original", "CAM (min-max)", "Grad-CAM (ReLU, min-max)", "|CAM - Grad-CAM|"],
+                 path, f"CAM vs Grad-CAM on the same GAP + linear model, {len(raw)} val images\nmean Pearson r: raw "
+                 f"maps {raw.mean():.4f}, ReLU + min-max {minmax.mean():.3f}", row_labels=list(rows))
     h, w = (s // model.downsample for s in data.x.shape[-2:])
     return {"images": len(raw), "pearson_raw_mean": raw.mean().item(), "pearson_raw_min": raw.min().item(),
             "pearson_relu_minmax_mean": minmax.mean().item(), "pearson_relu_minmax_min": minmax.min().item(),
-            "gradcam_over_cam_scale_mean": scale.mean().item(), "expected_scale_1_over_hw": 1.0 / (h * w)}, rows
+            "gradcam_over_cam_scale_mean": scale.mean().item(), "expected_scale_1_over_hw": 1.0 / (h * w)}
 
 
-def write_figures(ev: dict, val: TensorData, names: list[str], hist, gradcam: dict, rows: dict, fig_dir) -> list:
-    """The picks' CAM figures (one per image in cam/, and the overviews), the curves, CAM vs Grad-CAM; the picks."""
-    from common.cam import cam_overview_figure, map_rows, save_cam_visualization  # matplotlib: lazy
-    from common.plots import plot_curves
+def write_figures(ev: dict, val: TensorData, names: list[str], hist, fig_dir) -> list:
+    """The picks' CAM figures (one per image in cam/, and the overviews of five classes each), the curves; the picks."""
     for stale in [*(fig_dir / "cam").glob("*_val*.png"), *fig_dir.glob("lab_cam_overview_*.png")]:
         stale.unlink()  # the picks change between runs: never leave a stale one behind
     picks = pick_examples(val.y, ev["pred"], ev["conf"], ev["border_share"], len(names))
     examples, overview = [], {}  # overview: (class, kind) -> panel; no entry where no image fits
     for c, kind, i in [(c, kind, i) for c, kinds in picks.items() for kind, i in kinds.items() if i is not None]:
         pred, conf, share = names[int(ev["pred"][i])], float(ev["conf"][i]), float(ev["border_share"][i])
-        path = save_cam_visualization(val.x[i], ev["cams"][i], names[c], pred, conf,
-                                      fig_dir / "cam" / f"{names[c].replace(' ', '_')}_{kind}_val{i}.png",
-                                      note=f"{KIND_TITLES[kind]}; border share {share:.0%}")
+        path = cam.save_cam_visualization(val.x[i], ev["cams"][i], names[c], pred, conf,
+                                          fig_dir / "cam" / f"{names[c].replace(' ', '_')}_{kind}_val{i}.png",
+                                          note=f"{KIND_TITLES[kind]}; border share {share:.0%}")
         examples.append({"class": names[c], "kind": kind, "val_index": i, "pred": pred,
                          "confidence": conf, "border_share": share, "figure": path})
         overview[c, kind] = {"image": val.x[i], "cam": ev["cams"][i], "true": names[c], "pred": pred, "conf": conf}
     for k, first in enumerate(range(0, len(names), OVERVIEW_CLASSES), 1):
         last = min(first + OVERVIEW_CLASSES, len(names))
-        cam_overview_figure([overview.get((c, kind)) for c in range(first, last) for kind in KIND_TITLES],
-                            fig_dir / f"lab_cam_overview_{k}.png",
-                            f"CAMs of the predicted class on Imagenette val (val acc {ev['acc']:.1%}), "
-                            f"classes {first + 1}–{last} of {len(names)}", list(KIND_TITLES.values()))
+        cam.cam_overview_figure([overview.get((c, kind)) for c in range(first, last) for kind in KIND_TITLES],
+                                fig_dir / f"lab_cam_overview_{k}.png",
+                                f"CAMs of the predicted class on Imagenette val (val acc {ev['acc']:.1%}), "
+                                f"classes {first + 1}–{last} of {len(names)}", list(KIND_TITLES.values()))
     plot_curves({"CAM CNN": hist}, fig_dir / "lab_cam_curves.png",
                 "lab_cam: loss (label-smoothed CE) and accuracy per epoch; 'test' = official val split")
-    map_rows(list(rows.values()), GRADCAM_COLUMNS, fig_dir / "lab_cam_gradcam.png", row_labels=list(rows),
-             title=f"CAM vs Grad-CAM on the same GAP + linear model, {gradcam['images']} val images\nmean Pearson r: "
-             f"raw maps {gradcam['pearson_raw_mean']:.4f}, ReLU + min-max {gradcam['pearson_relu_minmax_mean']:.3f}")
     return examples
 
 
 def main(argv=None) -> dict:
     args, recipe = get_args(argv)
     fig_dir, res_dir, runs_dir, device = utils.setup(args)
-    precision = resolve_precision(args.precision, device)
-    t_start = time.perf_counter()
+    t_start, precision = time.perf_counter(), resolve_precision(args.precision, device)
     data = load_data(args.data_dir, recipe, SMOKE_PER_CLASS if args.smoke else None)
     train, val, names, skipped = data["train"], data["val"], data["names"], data["skipped"]
-    print(f"lab_cam: {len(train)} train + {len(val)} val images in {data['load_time_s']:.1f} s (unreadable, skipped: "
-          f"{len(skipped['train'])} + {len(skipped['val'])}); {device}, {precision}, {torch.get_num_threads()} threads")
+    print(f"lab_cam: {len(train)} train + {len(val)} val images in {data['load_time_s']:.1f} s; {device}, {precision}")
     gen = utils.seed_everything(args.seed)
-    model = CamCNN(args.channels, args.cam_channels, len(names), args.dropout).to(device)
+    model = cam.CamCNN(args.channels, args.cam_channels, len(names), args.dropout).to(device)
     hist = fit(model, train, val, recipe, gen=gen, precision=precision,
                loss_fn=partial(torch.nn.functional.cross_entropy, label_smoothing=recipe.label_smoothing),
                augment=partial(random_resized_crop, out_size=recipe.train_size, scale=(recipe.min_scale, 1.0)),
                ckpt_path=runs_dir / "lab_cam.pt", resume=args.resume, tb_dir=tensorboard_dir(args, "lab_cam", runs_dir))
-    fit_wall_time_s = time.perf_counter() - t_start - data["load_time_s"]
     ev = evaluate_val(model, val, names, device)  # fp32, eval mode: every reported number and map
-    gradcam, rows = compare_gradcam(model, val, args.gradcam_images, names)
-    examples = write_figures(ev, val, names, hist, gradcam, rows, fig_dir)
-    results = {"name": "lab_cam", "recipe": dict(asdict(recipe), precision=precision), "seed": args.seed,
-               "val_acc": ev["acc"], "val_loss": hist[-1]["test_loss"], "history": hist, "classes": names,
-               "wnids": data["wnids"], "per_class_val_acc": ev["per_class_acc"], "params": count_parameters(model),
-               "confusion_matrix_true_by_pred": ev["confusion"], "train_images": len(train), "val_images": len(val),
-               "skipped_images": {k: len(v) for k, v in skipped.items()}, "gradcam_comparison": gradcam,
-               "skipped_files": {k: [str(p) for p in v] for k, v in skipped.items()}, "examples": examples,
-               "feature_map_size": [recipe.val_size // model.downsample] * 2, "fit_wall_time_s": fit_wall_time_s,
-               "mean_epoch_time_s": sum(h["epoch_time_s"] for h in hist) / len(hist),
-               "train_time_s": hist[-1]["train_time_s"], "data_load_time_s": data["load_time_s"]}
+    gradcam = compare_gradcam(model, val, args.gradcam_images, names, fig_dir / "lab_cam_gradcam.png")
+    results = dict(name="lab_cam", recipe=dict(asdict(recipe), precision=precision), val_acc=ev["acc"], history=hist,
+                   classes=names, per_class_val_acc=ev["per_class_acc"], confusion_matrix_true_by_pred=ev["confusion"],
+                   params=sum(p.numel() for p in model.parameters()), gradcam_comparison=gradcam, wnids=data["wnids"],
+                   train_images=len(train), val_images=len(val), skipped_images={k: len(v) for k, v in skipped.items()},
+                   skipped_files={k: [str(p) for p in v] for k, v in skipped.items()},
+                   examples=write_figures(ev, val, names, hist, fig_dir), data_load_time_s=data["load_time_s"],
+                   feature_map_size=[recipe.val_size // model.downsample] * 2)
     path = utils.write_results(res_dir / "lab_cam.json", results, args, device, t_start, precision)
-    print("\n class             | val acc\n" + "\n".join(f" {n:17s} | {a:.3f}" for n, a in ev["per_class_acc"].items()))
-    print(f"val acc {ev['acc']:.4f}; CAM vs Grad-CAM r = {gradcam['pearson_raw_mean']:.5f} (raw), "
-          f"{gradcam['pearson_relu_minmax_mean']:.3f} (ReLU+min-max)")
-    print(f"wrote {path} and figures in {fig_dir} ({results['wall_time_s']:.0f} s)")
+    print(f"val acc {ev['acc']:.4f}, CAM vs Grad-CAM r {gradcam['pearson_raw_mean']:.5f}; wrote {path} and figures")
     return results
 
 

@@ -6,8 +6,7 @@ Algorithm 1, without race labels) and a control without dark faces. Tests per gr
 held-out UTKFace faces, aligned and jittered, and the lab's MIT faces. Primary endpoint: the group variance of
 the jittered detection rate at 99 % non-face rejection, DB-VAE vs standard CNN over paired seeds.
 
-    python lab_dbvae.py [--smoke]    # report/figures/lab_dbvae_*.png, report/results/lab_dbvae.json
-"""
+    python lab_dbvae.py [--smoke]    # report/figures/lab_dbvae_*.png, report/results/lab_dbvae.json"""
 from __future__ import annotations
 
 import argparse
@@ -25,7 +24,7 @@ from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
 from common import dbvae, stats, utils
-from common.data import IMAGENETTE_CLASSES, decode_images, imagenette_split, require_images, to_float
+from common.data import IMAGENETTE_CLASSES, decode_images, imagenette_split, require_images
 from common.dbvae import AUGMENT, DBVAE, IMAGE_SHAPE, StandardCNN, dbvae_loss, sampling_probabilities
 from common.plots import plt, save
 from common.train import TensorBoardLog, load_checkpoint, predict, save_checkpoint, tensorboard_dir
@@ -60,7 +59,7 @@ class Recipe:
 N_SEEDS = 8  # paired training seeds: the fewest for which an exact sign-flip test reaches p < 0.01
 # --smoke: 64 training faces, at least 4 of them dark so that every code path runs; 8 test faces per group
 SMOKE_FACES, SMOKE_MIN_DARK, SMOKE_TEST_PER_GROUP = 64, 4, 8
-SMOKE_TRAIN_NEGS, SMOKE_TEST_NEGS, SMOKE_MIT_PER_GROUP = 64, 32, 4
+SMOKE_NEGS, SMOKE_MIT_PER_GROUP = (64, 32), 4  # non-faces (train, test) and MIT faces per group
 # group -> (race, gender) in UTKFace names: race 0 White = light, 1 Black = dark (annotators' labels); gender 1 female
 GROUPS = {"LF": (0, 1), "LM": (0, 0), "DF": (1, 1), "DM": (1, 0)}
 LIGHT, DARK = 0, 1
@@ -72,6 +71,8 @@ TEST_SET_NAMES = {"aligned": "UTKFace held-out, aligned", "jittered": "UTKFace h
 REJECT = 0.99  # the detection threshold rejects this share of the held-out non-faces
 # one trained model: rows per epoch, test set -> group_metrics, parameter count, the DB-VAE's last p (Nf,) or None
 Run = namedtuple("Run", ["history", "metrics", "params", "p_faces"])
+# uint8 (N, 3, 64, 64) train {model: faces}, train_negs, tests {name: {group: faces, "negs": ...}}; race (N,); info
+LabData = namedtuple("LabData", ["train", "train_negs", "race", "tests", "info"])
 
 
 def get_args(argv=None) -> tuple[argparse.Namespace, Recipe]:
@@ -82,9 +83,8 @@ def get_args(argv=None) -> tuple[argparse.Namespace, Recipe]:
     p.add_argument("--seeds", type=utils.seed_int, nargs="+", help=f"paired seeds (default: {N_SEEDS} from --seed on)")
     p.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
                    help="also train the 0 %%-dark standard CNN control (default %(default)s)")
-    for f in fields(Recipe):
-        if f.metadata:
-            p.add_argument("--" + f.name.replace("_", "-"), default=f.default, **f.metadata)
+    for f in [f for f in fields(Recipe) if f.metadata]:  # the Recipe fields with a flag of their own
+        p.add_argument("--" + f.name.replace("_", "-"), default=f.default, **f.metadata)
     args = p.parse_args(argv)
     args.seeds = args.seeds or list(range(args.seed, args.seed + N_SEEDS))
     if args.smoke:  # two seeds, the fewest for a paired comparison
@@ -98,22 +98,12 @@ def get_args(argv=None) -> tuple[argparse.Namespace, Recipe]:
 def jittered_copy(x: torch.Tensor, seed: int, chunk: int = 500) -> torch.Tensor:
     """A fixed random affine copy of uint8 images x (N, 3, H, W), in chunks that bound the float memory."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.cat([AUGMENT(x[i:i + chunk] / 255, gen).mul(255).round().clamp(0, 255).to(torch.uint8)
-                      for i in range(0, len(x), chunk)])
+    return torch.cat([AUGMENT(c / 255, gen).mul(255).round().clamp(0, 255).to(torch.uint8) for c in x.split(chunk)])
 
 
 def parse_utkface_name(name: str) -> tuple[int, int, int]:
     """'age_gender_race_datetime.jpg.chip.jpg' -> (age, gender, race) (see $DATA_DIR/README.md)."""
     return tuple(int(v) for v in name.split("_")[:3])
-
-
-@dataclass
-class LabData:
-    train: dict[str, torch.Tensor]  # model -> its training faces, uint8 (N, 3, 64, 64)
-    train_negs: torch.Tensor        # uint8 (N_neg, 3, 64, 64)
-    race: torch.Tensor              # (N,) LIGHT/DARK of the skewed training faces, for diagnostics only
-    tests: dict[str, dict[str, torch.Tensor]]  # "aligned"/"jittered"/"mit" -> {group: faces, "negs": its non-faces}
-    info: dict                      # counts, dark_fractions (per model), decoded_images, decode_time_s
 
 
 def load_lab_data(data_dir, recipe: Recipe) -> LabData:
@@ -134,12 +124,11 @@ def load_lab_data(data_dir, recipe: Recipe) -> LabData:
     if n_light + n_dark > len(light) or n_dark > len(dark) or min(len(v) for v in test.values()) == 0:
         raise UserError(f"UTKFace: {n_light + n_dark} light and {n_dark} dark training faces asked, {len(light)} + "
                         f"{len(dark)} left after the test split {({g: len(v) for g, v in test.items()})}")
-    neg_train, neg_test = ([f for c in sorted(NEG_CLASSES) for f in sorted((imagenette_split(root, split) / c).glob(
+    neg_train, neg_test = ([f for c in NEG_CLASSES for f in sorted((imagenette_split(root, split) / c).glob(
         "*.JPEG"))] for split in ("train", "val"))
     mit = {g: sorted((root / "mit_test_faces" / g).glob("*.png")) for g in GROUPS}  # none: no MIT test set
     if recipe.smoke:  # evenly spread slices of the non-faces
-        neg_train = neg_train[::len(neg_train) // SMOKE_TRAIN_NEGS][:SMOKE_TRAIN_NEGS]
-        neg_test = neg_test[::len(neg_test) // SMOKE_TEST_NEGS][:SMOKE_TEST_NEGS]
+        neg_train, neg_test = (v[::len(v) // n][:n] for v, n in zip((neg_train, neg_test), SMOKE_NEGS))
         mit = {g: f[:SMOKE_MIT_PER_GROUP] for g, f in mit.items()}
     lists = {"light": light[:n_light + n_dark], "dark": dark[:n_dark], "train_negs": neg_train, "test_negs": neg_test,
              **{f"test_{g}": f for g, f in test.items()}, **{f"mit_{g}": f for g, f in mit.items()}}
@@ -163,33 +152,29 @@ def load_lab_data(data_dir, recipe: Recipe) -> LabData:
 
 
 def train(model, kind: str, seed: int, data: LabData, recipe: Recipe, device, tb: TensorBoardLog | None):
-    """Adam at a constant lr; the DB-VAE re-samples its faces at the start of every epoch (Algorithm 1), and
-    records the dark faces' share of the draws. Returns (history, the last p_faces (Nf,))."""
+    """Adam, constant lr; the DB-VAE re-samples its faces every epoch (Algorithm 1). -> (history, last p_faces (Nf,))"""
     faces, gens, augment = data.train[kind], dbvae.batch_generators(seed), AUGMENT if recipe.augment else None
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    history, p_faces, train_time = [], None, 0.0
+    history, p_faces = [], None
     with tqdm(total=recipe.epochs * max(1, len(faces) // (recipe.batch_size // 2)), desc=f"{kind} seed {seed}",
               unit="step", mininterval=2.0, dynamic_ncols=True, leave=False) as bar:
         for epoch in range(1, recipe.epochs + 1):
             t0, row = time.perf_counter(), {"epoch": epoch}
             loss_sum, n_correct, seen = 0.0, 0, 0
             if kind == "dbvae":  # latent means (N, L) with BatchNorm's running statistics (eval mode) -> p (N,)
-                mu = predict(model, faces, device, fn=lambda b: model.encode(to_float(b))[1])
-                p_faces = sampling_probabilities(mu, recipe.bins, recipe.alpha, recipe.combine)
-                row["p_max_over_uniform"] = p_faces.max().item() * len(faces)
+                mu = predict(model, faces, device, fn=lambda b: model.encode(b)[1])
+                p = sampling_probabilities(mu, recipe.bins, recipe.alpha)  # Algorithm 1, {rule: p}
+                p_faces, other = p[recipe.combine], "product" if recipe.combine == "max" else "max"
                 # diagnostics, the only use of the race labels: the dark faces' share of p, and had the other rule drawn
-                dark, other = data.race == DARK, "product" if recipe.combine == "max" else "max"
-                pct = 100 * (torch.from_numpy(rankdata(p_faces.numpy())) - 1) / max(1, len(faces) - 1)
-                p_other = sampling_probabilities(mu, recipe.bins, recipe.alpha, other)
+                dark, pct = data.race == DARK, 100 * (rankdata(p_faces.numpy()) - 1) / max(1, len(faces) - 1)
                 row.update({"dark_sampling_mass": p_faces[dark].sum().item(), f"dark_sampling_mass_if_{other}":
-                            p_other[dark].sum().item(), "dark_mean_p_percentile": pct[dark].mean().item()})
+                            p[other][dark].sum().item(), "dark_mean_p_percentile": pct[dark.numpy()].mean().item()})
             model.train()
             for x, y in dbvae.epoch_batches(faces, data.train_negs, recipe.batch_size, gens, p_faces, augment, device):
                 if kind == "dbvae":
                     loss, logit = dbvae_loss(model, x, y, recipe.kl_weight)  # paper Eq. 5
-                else:
-                    logit = model(x)[:, 0]                                     # (B,)
-                    loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, y)
+                else:  # the face logit (B,) and its binary cross-entropy
+                    loss = torch.nn.functional.binary_cross_entropy_with_logits(logit := model(x)[:, 0], y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -197,9 +182,8 @@ def train(model, kind: str, seed: int, data: LabData, recipe: Recipe, device, tb
                 n_correct += int(((logit.detach() > 0).float() == y).sum())  # on the drawn batches: a diagnostic
                 seen += len(y)
                 bar.update(1)
-            train_time += time.perf_counter() - t0
-            row.update(train_loss=loss_sum / seen, train_acc=n_correct / seen, epoch_time_s=time.perf_counter() - t0,
-                       train_time_s=train_time)
+            row.update(train_loss=loss_sum / seen, train_acc=n_correct / seen, epoch_time_s=time.perf_counter() - t0)
+            row["train_time_s"] = sum(r["epoch_time_s"] for r in history) + row["epoch_time_s"]
             history.append(row)
             if tb is not None:
                 tb.scalars(row)
@@ -221,23 +205,18 @@ def run_model(kind: str, seed: int, data: LabData, recipe: Recipe, device, runs_
     history, p_faces = train(model, kind, seed, data, recipe, device, tb)
     if tb is not None:
         tb.close(dict(asdict(recipe), seed=seed, model=kind), history[-1])
-
-    def scores(x):  # face logits (N,) float64 of uint8 images (N, 3, H, W)
-        return predict(model, x, device, fn=lambda b: model(to_float(b))[:, 0]).double()
-    metrics = {t: group_metrics({g: scores(ts[g]) for g in GROUPS}, scores(ts["negs"])) for t, ts in data.tests.items()}
-    m = metrics["jittered"]
-    tqdm.write(f"[{kind} seed {seed}] {history[-1]['train_time_s']:.0f} s; jittered test: group variance "
-               f"{m['group_var']:.1f} %², detection " + " ".join(f"{g} {v:.3f}" for g, v in m["detect"].items()))
+    scores = {t: {k: predict(model, x, device)[:, 0].double() for k, x in ts.items()} for t, ts in data.tests.items()}
+    metrics = {t: group_metrics(s, s["negs"]) for t, s in scores.items()}
+    tqdm.write(f"[{kind} seed {seed}] jittered test: group variance {metrics['jittered']['group_var']:.1f} %²")
     run = Run(history, metrics, sum(p.numel() for p in model.parameters()), p_faces)
     save_checkpoint(ckpt, model, run=run._asdict(), recipe=asdict(recipe))
     return run
 
 
 def rejection_threshold(neg_scores: torch.Tensor, reject: float = REJECT) -> float:
-    """The ceil(reject * n)-th smallest of the n non-face scores: faces above it are detected, and exactly that
-    many non-faces are rejected when the scores have no ties."""
-    k = max(1, math.ceil(reject * neg_scores.numel() - 1e-9))  # -1e-9: 0.99 * 200 is 198.00000000000003 in floats
-    return torch.sort(neg_scores.double().flatten()).values[k - 1].item()
+    """The ceil(reject * n)-th smallest of the n non-face scores (n,): faces above it are detected, and exactly that
+    many non-faces are rejected when the scores have no ties. -1e-9: 0.99 * 200 is 198.00000000000003 in floats."""
+    return torch.kthvalue(neg_scores.double(), max(1, math.ceil(reject * len(neg_scores) - 1e-9))).values.item()
 
 
 def group_metrics(face_scores: dict, neg_scores: torch.Tensor, reject: float = REJECT) -> dict:
@@ -256,8 +235,7 @@ def group_metrics(face_scores: dict, neg_scores: torch.Tensor, reject: float = R
 
 
 def compare_paired(a: list[float], b: list[float], endpoint: str, names=("standard", "dbvae")) -> dict:
-    """b - a over paired seeds: bootstrap BCa 95 % CI and exact sign-flip p of the mean difference. A direction
-    ("lower"/"higher") needs both p < stats.ALPHA (0.05) and a CI that excludes 0."""
+    """b - a over paired seeds: BCa bootstrap 95 % CI, exact sign-flip p; a direction: p < ALPHA, 0 outside the CI."""
     d = [y - x for x, y in zip(a, b)]
     ci, p = stats.bootstrap_ci(d), stats.sign_flip_p_value(d)
     return {"endpoint": endpoint, "difference": f"{names[1]} - {names[0]}", "n_seeds": len(d),
@@ -273,8 +251,7 @@ def over_seeds(rows: list[dict], keys) -> dict:
 
 
 def sampling_summary(histories: list[list[dict]], fraction: float) -> dict:
-    """Per epoch, over the seeds' histories (lists of epoch rows): the dark faces' share of the DB-VAE's sampling
-    mass, that over their share of the faces (1 = no targeting), the mean percentile of their p, the other rule's."""
+    """Per epoch, over the seeds' histories: the dark faces' sampling mass (and over their share of the faces)."""
     per_epoch = []
     for rows in zip(*histories):  # one epoch, a row per seed
         s = over_seeds(rows, [k for k in rows[0] if k.startswith("dark_")])
@@ -296,34 +273,34 @@ def build_results(args, recipe: Recipe, data: LabData, runs: dict) -> dict:
             o["wilson"] = {g: stats.wilson(round(sum(k) / len(k)), o["n"][g])
                            for g, k in o["detected_per_seed"].items()}
 
-    def paired(key, a="standard", b="dbvae"):  # b - a per test set
-        return {t: compare_paired(*(metrics[m][t][key]["values"] for m in (a, b)), key, (a, b)) for t in tests}
-    comparison, secondary = {}, {}
-    if len(seeds) > 1:
-        comparison, secondary = paired("group_var"), {"dark_gap": paired("dark_gap")}
-        if "standard_nodark" in runs:
-            secondary["control_vs_standard"] = paired("group_var", "standard_nodark", "standard")
+    def paired(key, a="standard", b="dbvae"):  # b - a per test set; none from a single seed
+        return {t: compare_paired(*(metrics[m][t][key]["values"] for m in (a, b)), key, (a, b))
+                for t in tests if len(seeds) > 1}
+    comparison, secondary = paired("group_var"), {"dark_gap": paired("dark_gap")}
+    if "standard_nodark" in runs:
+        secondary["control_vs_standard"] = paired("group_var", "standard_nodark", "standard")
     gap = metrics["standard"]["jittered"]["dark_gap"]
     gap_ci = stats.bootstrap_ci(gap["values"])  # one seed: [gap, gap]
-    return {"name": "lab_dbvae", "recipe": asdict(recipe), "seeds": seeds, "groups": list(GROUPS),
+    return {"name": "lab_dbvae", "recipe": asdict(recipe), "seeds": seeds, "groups": list(GROUPS), "reject": REJECT,
             "models": {m: MODEL_NAMES[m] for m in models}, "test_sets": {t: TEST_SET_NAMES[t] for t in tests},
-            "reject": REJECT, "primary_endpoint": {"name": "jittered_group_var", "comparison": "comparison.jittered",
-                                                   "also": "secondary.dark_gap"},
+            "primary_endpoint": {"name": "jittered_group_var", "comparison": "comparison.jittered"},
             "data": {**data.info, "source": "UTKFace+Imagenette", "negative_classes": NEG_CLASSES, "augmentation": {
-                "train": asdict(AUGMENT) if recipe.augment else None, "jittered_test": asdict(AUGMENT),
-                "jitter_seed": recipe.jitter_seed, "padding": "reflection"}},
+                "train": asdict(AUGMENT) if recipe.augment else None, "jittered_test": asdict(AUGMENT)}},
             "metrics": metrics, "comparison": comparison, "secondary": secondary,
             "standard_gap_jittered": {**gap, "bootstrap_ci95": gap_ci, "measurable": gap_ci[0] > 0},
             "sampling": sampling_summary([runs["dbvae"][s].history for s in seeds],
                                          data.info["dark_fractions"]["dbvae"]),
-            "per_seed": {m: {str(s): runs[m][s].metrics for s in seeds} for m in models},
             "history": {m: {str(s): runs[m][s].history for s in seeds} for m in models},
-            "params": {m: runs[m][seeds[0]].params for m in models},
-            "paper_reference": {"source": "Amini et al., AIES 2019", "benchmark": "Pilot Parliaments Benchmark"}}
+            "params": {m: runs[m][seeds[0]].params for m in models}}
 
 
-def plot_summaries(results: dict, fig_dir: Path) -> None:
-    """lab_dbvae_groups.png: the detection rate per group, model and test set (seed mean, t 95 % CI; MIT: Wilson)."""
+# figures 8 in wide, placed at the report's 17 cm text width (0.84 scale: 9 pt text prints at 7.5 pt)
+@plt.rc_context({"figure.figsize": (8.0, 3.0), "font.size": 9, "axes.titlesize": 10, "figure.titlesize": 10,
+                 "legend.frameon": False, "figure.autolayout": True})  # autolayout: tight_layout per draw
+def plot_figures(results: dict, data: LabData, p: torch.Tensor, fig_dir: Path) -> None:
+    """lab_dbvae_groups.png: the detection rate per group, model and test set (seed mean, t 95 % CI; MIT: Wilson);
+    lab_dbvae_paired.png: (a) the primary endpoint per model and seed, (b) the DB-VAE's draws of dark faces;
+    lab_dbvae_sampling.png: the training faces with the highest and lowest last p (Nf,) of the first seed."""
     m, tests, k = results["metrics"], list(results["test_sets"]), len(results["metrics"])
     fig, axes = plt.subplots(1, len(tests), sharey=True, squeeze=False)
     for ax, t in zip(axes[0], tests):
@@ -340,67 +317,53 @@ def plot_summaries(results: dict, fig_dir: Path) -> None:
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=k)
     fig.suptitle(f"Detection rate per group: mean over {len(results['seeds'])} seeds, 95 % CI (MIT: Wilson, 15 faces)")
     save(fig, fig_dir / "lab_dbvae_groups.png")
-    # lab_dbvae_paired.png: (a) the primary endpoint per model and seed (grey), (b) the DB-VAE's draws of dark faces
     fig, (ax, bx) = plt.subplots(1, 2)
-    gv, x = [m["jittered"]["group_var"] for m in results["metrics"].values()], range(len(results["metrics"]))
+    gv, x = [v["jittered"]["group_var"] for v in m.values()], range(k)
     ax.plot(x, [v["values"] for v in gv], "o-", color="0.6", lw=0.8, ms=3)  # (models, seeds): a line per seed
     ax.plot(x, [v["mean"] for v in gv], "s-", color="C3", lw=2, label="mean over seeds")
-    ax.set_xticks(x, [MODEL_NAMES[m].replace(", ", ",\n") for m in results["metrics"]])
-    ax.set(ylim=(0, None), ylabel="group variance (%²)\non the jittered test", title="(a) primary endpoint, per seed")
+    ax.set(xticks=x, xticklabels=[MODEL_NAMES[v].replace(", ", ",\n") for v in m], ylim=(0, None),
+           ylabel="group variance (%²)\non the jittered test", title="(a) primary endpoint, per seed")
     ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.34))
     rows, share = results["sampling"]["per_epoch"], results["sampling"]["dark_share_of_faces"]
-    ep = [r["epoch"] for r in rows]
+    ep, other = [r["epoch"] for r in rows], "product" if results["recipe"]["combine"] == "max" else "max"
     bx.plot(ep, [[100 * v for v in r["dark_mass"]["values"]] for r in rows], "o-", color="0.6", lw=0.8, ms=3)
     bx.plot(ep, [100 * r["dark_mass"]["mean"] for r in rows], "s-", color="C1", lw=2,
             label="dark faces' share of the sampling mass (mean)")
-    for key in [k for k in rows[0] if k.startswith("dark_sampling_mass_if_")]:
-        bx.plot(ep, [100 * r[key]["mean"] for r in rows], "^:", color="C4", lw=1.5,
-                label=f"the same had p used the {key.rsplit('_', 1)[-1]} rule (not used)")
+    bx.plot(ep, [100 * r[f"dark_sampling_mass_if_{other}"]["mean"] for r in rows], "^:", color="C4", lw=1.5,
+            label=f"the same had p used the {other} rule (not used)")
     bx.axhline(100 * share, color="k", ls="--", lw=1, label="their share of the faces")
     bx.set(xticks=ep, ylim=(0, None), xlabel="epoch (p re-estimated at its start)", ylabel="% of draws",
            title="(b) DB-VAE draws of dark faces")
     bx.legend(loc="upper left", bbox_to_anchor=(-0.1, -0.3))
     save(fig, fig_dir / "lab_dbvae_paired.png")
-
-
-def plot_sampling_faces(faces: torch.Tensor, p: torch.Tensor, race: torch.Tensor, seed: int, path: Path):
-    """The training faces (uint8 (N, 3, H, W)) with the highest and lowest resampling probability p (N,)."""
-    n = min(8, len(p) // 2)
-    order = torch.argsort(p, descending=True, stable=True)
+    n, order = min(8, len(p) // 2), torch.argsort(p, descending=True, stable=True)
     fig, axes = plt.subplots(2, n, figsize=(8.0, 3.6), squeeze=False)
     for row, label, idx in zip(axes, ("highest p", "lowest p"), (order[:n], order[-n:].flip(0))):
         for ax, i in zip(row, idx.tolist()):
-            ax.imshow(faces[i].permute(1, 2, 0).numpy())
+            ax.imshow(data.train["dbvae"][i].permute(1, 2, 0).numpy())
             ax.set(xticks=[], yticks=[])
-            ax.set_title(f"{'dark' if race[i] == DARK else 'light'}\n{p[i] * len(p):.1f}× unif.", fontsize="medium")
+            ax.set_title(f"{('light', 'dark')[int(data.race[i])]}\n{p[i] * len(p):.1f}× unif.", fontsize="medium")
         row[0].set_ylabel(label)
-    fig.suptitle(f"DB-VAE seed {seed}: training faces with the highest / lowest resampling probability (last "
-                 "epoch;\nrace labels shown for reading only, never used in training)")
-    save(fig, path)
+    fig.suptitle(f"DB-VAE seed {results['seeds'][0]}: training faces with the highest / lowest resampling probability "
+                 "(last epoch;\nrace labels shown for reading only, never used in training)")
+    save(fig, fig_dir / "lab_dbvae_sampling.png")
 
 
 def main(argv=None) -> dict:
     args, recipe = get_args(argv)
     fig_dir, res_dir, runs_dir, device = setup(args)
     t_start, data = time.perf_counter(), load_lab_data(args.data_dir, recipe)
-    print(f"lab_dbvae: {data.info['counts']}, dark fractions {data.info['dark_fractions']}, device={device}, "
-          f"threads={torch.get_num_threads()}, decode {data.info['decode_time_s']:.0f} s")
+    print(f"lab_dbvae: {data.info['counts']}, device={device}, threads={torch.get_num_threads()}")
     models = [m for m in MODEL_NAMES if args.control or m != "standard_nodark"]
     runs, tb_root = {m: {} for m in models}, tensorboard_dir(args, "lab_dbvae", runs_dir)
     for seed, kind in itertools.product(args.seeds, models):  # a seed's models see the same data in the same order
         runs[kind][seed] = run_model(kind, seed, data, recipe, device, runs_dir, args.resume, tb_root)
     results = build_results(args, recipe, data, runs)
-    # figures 8 in wide, placed at the report's 17 cm text width (0.84 scale: 9 pt text prints at 7.5 pt)
-    with plt.rc_context({"figure.figsize": (8.0, 3.0), "font.size": 9, "axes.titlesize": 10, "figure.titlesize": 10,
-                         "legend.frameon": False, "figure.autolayout": True}):  # autolayout: tight_layout per draw
-        plot_summaries(results, fig_dir)
-        plot_sampling_faces(data.train["dbvae"], runs["dbvae"][args.seeds[0]].p_faces, data.race, args.seeds[0],
-                            fig_dir / "lab_dbvae_sampling.png")
+    plot_figures(results, data, runs["dbvae"][args.seeds[0]].p_faces, fig_dir)
     path = write_results(res_dir / "lab_dbvae.json", results, args, device, t_start)
     for t, c in results["comparison"].items():
-        lo, hi = c["ci95"]
-        print(f"{t:9s} group var {c['standard']['mean']:7.2f} -> {c['dbvae']['mean']:7.2f} %², diff "
-              f"{c['mean_diff']:+.2f} CI [{lo:+.2f}, {hi:+.2f}], p {c['p_value']:.3f}: {c['verdict']}")
+        print("{:9s} group var {:7.2f} -> {:7.2f} %², diff {:+.2f} CI [{:+.2f}, {:+.2f}], p {:.3f}: {}".format(
+            t, c["standard"]["mean"], c["dbvae"]["mean"], c["mean_diff"], *c["ci95"], c["p_value"], c["verdict"]))
     print(f"wrote {path} and figures in {fig_dir} ({results['wall_time_s']:.0f} s)")
     return results
 

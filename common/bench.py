@@ -1,11 +1,11 @@
-"""Training speed: our in-memory MNIST and loop (common.train.train_epoch) vs torchvision MNIST + DataLoader with
-loss.item() every step, each --option and the fp32 matmul peak taking turns in every round (a slow moment hits all).
-python -m common.bench writes results/bench.json in a few minutes on 2 cores (--smoke: seconds)."""
+"""Training speed (results/bench.json, minutes on 2 cores): our in-memory MNIST loop vs torchvision MNIST + DataLoader
+with loss.item() every step; the --options and the fp32 matmul peak take turns in each round (slow spells hit all)."""
 import argparse
-import functools
 import statistics
 import time
+import timeit
 from dataclasses import asdict, replace
+from functools import partial
 
 import torch
 
@@ -15,7 +15,7 @@ from .models import AE_RECIPE, CLASSIFIER_RECIPE, AutoEncoder, Classifier
 from .train import cross_entropy, fit, mean_l1, train_epoch
 
 OPTIONS = ("channels_last", "bf16_autocast")
-MODELS = [("ae", AutoEncoder, mean_l1), ("classifier", Classifier, cross_entropy)]
+MODELS = [("ae", AutoEncoder, mean_l1, AE_RECIPE), ("classifier", Classifier, cross_entropy, CLASSIFIER_RECIPE)]
 
 
 def optimizer_step(opt, loss: torch.Tensor) -> torch.Tensor:
@@ -25,19 +25,15 @@ def optimizer_step(opt, loss: torch.Tensor) -> torch.Tensor:
     return loss
 
 
-def matmul_peak(sizes=(512, 1024, 1536, 2048), seconds: float = 1.0) -> dict:
-    """Best fp32 GFLOP/s of an n x n matmul (2 n^3 flops) over about `seconds` per size (the fastest size varies)."""
-    by_size = {}
+def matmul_peak(sizes=(512, 1024, 1536, 2048), seconds: float = 1.0) -> float:
+    """Best fp32 GFLOP/s of an n x n matmul (2 n^3 flops) over sizes (the fastest varies), warm-up + `seconds` each."""
+    gflops = []
     for n in sizes:
-        a, b, best = torch.randn(n, n), torch.randn(n, n), 0.0
-        a @ b  # warm-up: thread pool, caches
-        t_end = time.perf_counter() + seconds
-        while time.perf_counter() < t_end:
-            t0 = time.perf_counter()
-            a @ b
-            best = max(best, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
-        by_size[str(n)] = best
-    return {"best_gflops": max(by_size.values()), "by_size_gflops": by_size, "seconds_per_size": seconds}
+        timer = timeit.Timer(partial(torch.mm, torch.randn(n, n), torch.randn(n, n)), timer=time.perf_counter)
+        number, total = timer.autorange()  # products per block of at least 0.2 s; also the warm-up
+        best = min(timer.repeat(repeat=max(1, round(seconds / total)), number=number)) / number
+        gflops.append(2 * n ** 3 / best / 1e9)
+    return max(gflops)
 
 
 def train_flops_per_image(model, x: torch.Tensor, target: torch.Tensor, loss_fn) -> float:
@@ -48,12 +44,10 @@ def train_flops_per_image(model, x: torch.Tensor, target: torch.Tensor, loss_fn)
 
 
 def run_ours(model, data, loss_fn, steps: int, batch_size: int, gen, precision: str = "fp32") -> float:
-    """images/s of train_epoch over steps * batch_size images, after one untimed step (one-off set-up)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    train_epoch(model, first_n(data, batch_size), loss_fn, opt, None, gen, batch_size=batch_size, precision=precision)
-    sub = first_n(data, steps * batch_size)
-    t0 = time.perf_counter()
-    train_epoch(model, sub, loss_fn, opt, None, gen, batch_size=batch_size, precision=precision)
+    for sub in first_n(data, batch_size), first_n(data, steps * batch_size):  # one untimed step first: set-up
+        t0 = time.perf_counter()
+        train_epoch(model, sub, loss_fn, opt, None, gen, batch_size=batch_size, precision=precision)
     return len(sub) / (time.perf_counter() - t0)
 
 
@@ -68,16 +62,16 @@ def run_baseline(model, dataset, loss_fn, steps: int, batch_size: int) -> float:
     return step * batch_size / (time.perf_counter() - t0)
 
 
-def interleaved(calls: dict, repeats: int, label: str, warmup: int = 0) -> dict[str, list[float]]:
+def interleaved(calls: dict, repeats: int, warmup: int = 0) -> dict[str, list[float]]:
     runs = {k: [] for k in calls}
     for r in range(warmup + repeats):
         for k, call in calls.items():
             runs[k].append(call(r))  # r: the round
-        print(f"{label} round {r + 1}/{warmup + repeats}: " + ", ".join(f"{k} {v[-1]:.4g}" for k, v in runs.items()))
+        print(f"round {r + 1}/{warmup + repeats}: " + ", ".join(f"{k} {v[-1]:.4g}" for k, v in runs.items()))
     return {k: v[warmup:] for k, v in runs.items()}
 
 
-def bench_speed(args) -> dict:
+def bench(args) -> dict:
     from torchvision import datasets, transforms
     data, ref_ds = load_mnist(args.data_dir, train=True), datasets.MNIST(args.data_dir, transform=transforms.ToTensor())
     sides = {"ae": ["plain", *args.options, "baseline"], "classifier": ["plain", "baseline"]}
@@ -86,25 +80,20 @@ def bench_speed(args) -> dict:
         gen = utils.seed_everything(args.seed + r)  # before make(): every side starts from the same weights
         if option == "baseline":
             return run_baseline(make(), ref_ds, loss_fn, args.steps, args.batch_size)
-        # channels_last as common.train.fit trains: NHWC weights select oneDNN's NHWC conv kernels
-        fmt = torch.channels_last if option == "channels_last" else torch.preserve_format
+        fmt = torch.channels_last if option == "channels_last" else torch.preserve_format  # as common.train.fit
         precision = "bf16" if option == "bf16_autocast" else "fp32"
         return run_ours(make().to(memory_format=fmt), data, loss_fn, args.steps, args.batch_size, gen, precision)
 
-    calls = {f"{name} {o}": functools.partial(side, make, loss_fn, o) for name, make, loss_fn in MODELS
-             for o in sides[name]}
-    runs = interleaved({"peak": lambda r: matmul_peak(seconds=0.1 if args.smoke else 0.75)["best_gflops"], **calls},
-                       args.repeats, "speed")
+    calls = {f"{name} {o}": partial(side, make, loss_fn, o) for name, make, loss_fn, _ in MODELS for o in sides[name]}
+    runs = interleaved({"peak": lambda r: matmul_peak(seconds=0.1 if args.smoke else 0.75), **calls}, args.repeats)
     peak = max(runs["peak"])
-    r = {"matmul_gflops": peak, "matmul_peak": {"best_gflops": peak, "round_best_gflops": runs["peak"],
-                                                "spread_gflops": [min(runs["peak"]), peak]}}
-    for name, make, loss_fn in MODELS:
+    r = {"matmul_gflops": peak, "matmul_peak": {"best_gflops": peak, "spread_gflops": [min(runs["peak"]), peak]}}
+    for name, make, loss_fn, _ in MODELS:
         flops = train_flops_per_image(make(), data.x[:8], (data.x if loss_fn is mean_l1 else data.y)[:8], loss_fn)
         med = {o: statistics.median(runs[f"{name} {o}"]) for o in sides[name]}
         ours, base, gflops = med["plain"], med["baseline"], flops * med["plain"] / 1e9
         r[name] = {"ours_img_s": ours, "baseline_img_s": base, "speedup": ours / base, "train_flops_per_img": flops,
-                   "achieved_gflops": gflops, "frac_of_matmul_peak": gflops / peak, "steps": args.steps,
-                   "runs_img_s": {o: runs[f"{name} {o}"] for o in med},
+                   "frac_of_matmul_peak": gflops / peak, "runs_img_s": {o: runs[f"{name} {o}"] for o in med},
                    "options": {o: {"img_s": med[o], "ratio_vs_plain": med[o] / ours} for o in sides[name][1:-1]}}
         print(f"{name}: ours {ours:,.0f} img/s, DataLoader {base:,.0f}, {gflops / peak:.1%} of the matmul peak")
     return r
@@ -124,17 +113,14 @@ def bench_stacking(args, n_seeds: int = 10, test_images: int = 2000) -> dict:
 
     def seconds(fn, training: bool, r: int) -> float:
         torch.nn.ModuleList([base, *models]).train(training)  # BatchNorm and Dropout differ in training
-        reps, t0 = 1 if args.smoke else 5 if training else 2, time.perf_counter()
+        reps = 1 if args.smoke else 5 if training else 2
         with torch.inference_mode(not training):
-            for _ in range(reps):
-                fn()
-        return (time.perf_counter() - t0) / reps
+            return timeit.timeit(fn, number=reps, timer=time.perf_counter) / reps
 
-    calls = {"stacked_step_s": (lambda: optimizer_step(opt_stacked, stacked_loss()), True),
-             "plain_steps_s": (lambda: [optimizer_step(o, cross_entropy(m(x), y)) for m, o in zip(models, opts)], True),
-             "stacked_eval_s": (lambda: stacked(params, buffers, xt), False),
-             "plain_eval_s": (lambda: [m(xt) for m in models], False)}
-    runs = interleaved({k: functools.partial(seconds, *c) for k, c in calls.items()}, args.repeats, "stacking", 1)
+    step = {"stacked_step_s": lambda: optimizer_step(opt_stacked, stacked_loss()),
+            "plain_steps_s": lambda: [optimizer_step(o, cross_entropy(m(x), y)) for m, o in zip(models, opts)]}
+    test = {"stacked_eval_s": lambda: stacked(params, buffers, xt), "plain_eval_s": lambda: [m(xt) for m in models]}
+    runs = interleaved({k: partial(seconds, fn, k in step) for k, fn in (step | test).items()}, args.repeats, warmup=1)
     med = {k: statistics.median(v) for k, v in runs.items()}
     return {"n_seeds": n_seeds, "test_images": test_images, "runs": runs, **med,
             "step_ratio_stacked_over_plain": med["stacked_step_s"] / med["plain_steps_s"],
@@ -144,16 +130,14 @@ def bench_stacking(args, n_seeds: int = 10, test_images: int = 2000) -> dict:
 def bench_recipes(args) -> dict:
     data, test = load_mnist_splits(args)
     rows = []
-    for name, make, base, loss_fn, metric, key in [
-            ("ex1 conv_fc", AutoEncoder, AE_RECIPE, mean_l1, "test mean-L1", "test_loss"),
-            ("ex2 classifier", Classifier, CLASSIFIER_RECIPE, cross_entropy, "test accuracy", "test_acc")]:
+    for name, make, loss_fn, base in MODELS:  # ex1's AE (conv_fc) and ex2's classifier
+        key = "test_loss" if loss_fn is mean_l1 else "test_acc"
         for epochs in [1] if args.smoke else args.recipes or [4, 6, 8]:
             recipe = replace(base, epochs=epochs, eval_every=epochs)  # one-cycle over `epochs`: shorter, not cut
             gen = utils.seed_everything(args.seed)  # before make(): the same initial weights for every epoch count
-            history = fit(make(), data, test, recipe, gen=gen, loss_fn=loss_fn)
-            rows.append({"model": name, "epochs": epochs, "recipe": asdict(recipe), "metric": metric,
-                         "value": history[-1][key], "train_time_s": history[-1]["train_time_s"], "history": history})
-            print(f"{name}: {epochs} epochs, {metric} {rows[-1]['value']:.4f} in {rows[-1]['train_time_s']:.0f} s")
+            history = fit(make(), data, test, recipe, gen=gen, loss_fn=loss_fn)  # its last row: the final metrics
+            rows.append({"model": name, "epochs": epochs, "recipe": asdict(recipe), "history": history})
+            print(f"{name}: {epochs} epochs, {key} {history[-1][key]:.4f} in {history[-1]['train_time_s']:.0f} s")
     return {"rows": rows}
 
 
@@ -174,10 +158,9 @@ def main(argv=None) -> dict:
     if args.smoke:
         args.steps, args.repeats, args.batch_size = 3, 1, min(args.batch_size, 32)
     res_dir = utils.setup(args)[1]
-    run = bench_stacking if args.stacking else bench_speed if args.recipes is None else bench_recipes
-    name = "bench" if run is bench_speed else run.__name__  # bench.json, bench_stacking.json, bench_recipes.json
-    result = {"name": name, "config": utils.run_config(args), "machine": utils.machine(), **run(args)}
-    print(f"wrote {utils.write_json_atomic(res_dir / f'{name}.json', result)}")
+    run = bench_stacking if args.stacking else bench if args.recipes is None else bench_recipes  # -> <its name>.json
+    result = {"name": run.__name__, "config": utils.run_config(args), "machine": utils.machine(), **run(args)}
+    print(f"wrote {utils.write_json_atomic(res_dir / f'{run.__name__}.json', result)}")
     return result
 
 

@@ -9,6 +9,7 @@ from torch.nn import functional as F
 from torchvision.transforms.v2.functional import normalize
 
 from .data import to_float
+from .plots import plt, save
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # of ImageNet's RGB pixels in [0, 1]
 
@@ -21,12 +22,12 @@ class CamCNN(nn.Module):
         GAP, fc:            mean over (x, y) (B, K) -> Linear(K, num_classes) -> logits (B, num_classes)
     The CAM layer is unpooled (maps at 1/2^n of the input; Zhou et al.: 14 x 14 at 224 px); one fc makes M_c exact."""
 
-    def __init__(self, channels=(32, 64, 128, 256), cam_channels=512, num_classes=10, dropout=0.0, in_channels=3):
+    def __init__(self, channels=(32, 64, 128, 256), cam_channels=512, num_classes=10, dropout=0.0):
         super().__init__()
-        self.config = dict(kind="CamCNN", channels=list(channels), cam_channels=cam_channels,
-                           num_classes=num_classes, dropout=dropout, in_channels=in_channels)
+        self.config = dict(kind="CamCNN", channels=list(channels), cam_channels=cam_channels, num_classes=num_classes,
+                           dropout=dropout)
         layers = []
-        for c_in, c in zip([in_channels, *channels], channels):
+        for c_in, c in zip([3, *channels], channels):  # RGB in
             layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False),  # BatchNorm's shift makes a conv bias redundant
                        nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.MaxPool2d(2)]
         self.blocks = nn.Sequential(*layers)
@@ -81,15 +82,6 @@ def input_size_cams(model: CamCNN, x: torch.Tensor, classes=None, normalize: boo
     return out, upsample(maps[torch.arange(len(out)), c], x.shape[-2:], normalize)   # (B, H, W)
 
 
-@torch.no_grad()
-def generate_cam(model: CamCNN, image: torch.Tensor, class_idx: int | None = None, normalize: bool = True):
-    """CAM of one image (3, H, W): (M_c at (H, W), min-max scaled if normalize; c (default: predicted); p(c))."""
-    model.eval()
-    logits, cam = input_size_cams(model, image[None], None if class_idx is None else [class_idx], normalize)
-    c = int(logits.argmax()) if class_idx is None else int(class_idx)
-    return cam[0], c, float(logits.softmax(1)[0, c])  # (H, W), class, p(class)
-
-
 def grad_cam(model: CamCNN, image: torch.Tensor, class_idx: int | None = None, normalize=True, relu=True):
     """Grad-CAM on the same last feature maps: (map (H, W), class). alpha_k^c = mean_{x,y} dS_c/df_k(x, y),
     L_c = ReLU(sum_k alpha_k^c f_k). With GAP + one linear layer dS_c/df_k(x, y) = w_k^c / (h w), so before the
@@ -115,7 +107,6 @@ def show(ax, image: torch.Tensor | None = None, cam: torch.Tensor | None = None)
 
 def map_rows(rows, col_titles, path, title: str, row_labels=(), size=(2.15, 2.2), bar_label="normalised map value"):
     """Rows of (image, cam) panels drawn by show() under col_titles, one colour bar for all maps; size: a panel's."""
-    from .plots import plt, save
     fig, axes = plt.subplots(len(rows), len(col_titles), figsize=(size[0] * len(col_titles), size[1] * len(rows) + 0.5),
                              squeeze=False, layout="constrained")
     for ax_row, row, label in zip(axes, rows, [*row_labels] + [""] * len(rows)):
@@ -139,7 +130,6 @@ def save_cam_visualization(image, cam, true_name: str, pred_name: str, confidenc
 def cam_overview_figure(items: list[dict | None], path, title: str, col_titles: list[str]):
     """Rows (one class each) of (original, CAM overlay) pairs under col_titles; item: dict(image (3, H, W), cam
     (H, W), true, pred, conf), None for an empty slot; mistakes in red. ~8.7 in wide: placed at a 6.7 in text width."""
-    from .plots import plt, save
     ncol, nrow = len(col_titles), -(-len(items) // len(col_titles))
     kw = dict(xticks=[], yticks=[], aspect="equal", frame_on=False)  # square like the images: empty slots line up
     fig, axes = plt.subplots(nrow, 2 * ncol, figsize=(2 * ncol * 1.45, nrow * 1.75 + 0.9), squeeze=False, subplot_kw=kw)

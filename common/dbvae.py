@@ -11,54 +11,44 @@ from torch import nn
 from torch.nn import functional as F
 
 from .data import to_float, warp
-from .models import conv_out, convT_output_padding
+from .models import convT_output_padding
 
 IMAGE_SHAPE = (3, 64, 64)  # (C, H, W) of the lab's faces (its train_face.h5 and its test faces)
-N_FILTERS = 12             # the lab's base width: conv layers have 1x, 2x, 4x, 6x this many filters
-CONV_SPEC = ((1, 5), (2, 5), (4, 3), (6, 3))  # (filter multiplier, kernel) per stride-2 conv: 12@5, 24@5, 48@3, 72@3
-DENSE = 512                # the lab's hidden dense layer
-
-
-def feature_sizes(in_shape=IMAGE_SHAPE, n_filters: int = N_FILTERS) -> list[tuple[int, int]]:
-    """[(channels, size)] of the input and after each conv, [(3, 64), (12, 32), (24, 16), (48, 8), (72, 4)]."""
-    sizes = [(in_shape[0], in_shape[1])]
-    for mult, k in CONV_SPEC:
-        sizes.append((mult * n_filters, conv_out(sizes[-1][1], k, 2, k // 2)))
-    return sizes
+# the lab's encoder: (channels, side) of the input and after each stride-2 conv (kernel k, padding k // 2)
+SIZES = [(3, 64), (12, 32), (24, 16), (48, 8), (72, 4)]
+KERNELS = (5, 5, 3, 3)
+DENSE = 512  # the lab's hidden dense layer
 
 
 class StandardCNN(nn.Module):
-    """The lab's classifier: 4 stride-2 convs (12, 24, 48, 72 filters; kernels 5, 5, 3, 3), flatten,
-    dense 512 + ReLU, then n_outputs (1 face logit for the standard CNN, 2*latent+1 for the DB-VAE)."""
+    """The lab's classifier: 4 stride-2 convs (12, 24, 48, 72 filters; kernels 5, 5, 3, 3), flatten, dense 512 +
+    ReLU, then n_outputs (1 face logit for the standard CNN, 2*latent+1 for the DB-VAE); takes uint8 as stored."""
 
-    def __init__(self, n_outputs: int = 1, n_filters: int = N_FILTERS, in_shape=IMAGE_SHAPE):
+    def __init__(self, n_outputs: int = 1):
         super().__init__()
-        self.config = dict(kind="StandardCNN", n_outputs=n_outputs, n_filters=n_filters, in_shape=list(in_shape))
-        sizes = feature_sizes(in_shape, n_filters)
+        self.config = dict(kind="StandardCNN", n_outputs=n_outputs)
         # stride-2 Conv2d -> ReLU -> BatchNorm2d: the lab's order (Keras Conv2D(activation='relu'), then BN)
         blocks = [nn.Sequential(nn.Conv2d(c_in, c_out, k, 2, k // 2), nn.ReLU(inplace=True), nn.BatchNorm2d(c_out))
-                  for (c_in, _), (c_out, _), (_, k) in zip(sizes, sizes[1:], CONV_SPEC)]
-        c, s = sizes[-1]
+                  for (c_in, _), (c_out, _), k in zip(SIZES, SIZES[1:], KERNELS)]
+        c, s = SIZES[-1]
         self.net = nn.Sequential(*blocks, nn.Flatten(), nn.Linear(c * s * s, DENSE), nn.ReLU(inplace=True),
                                  nn.Linear(DENSE, n_outputs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)  # (B, 3, 64, 64) -> (B, n_outputs)
+        return self.net(to_float(x))  # (B, 3, 64, 64) -> (B, n_outputs)
 
 
 class Decoder(nn.Module):
     """The lab's decoder: dense to the encoder's last feature map (72x4x4), then 4 stride-2 transposed convs
     mirroring the encoder (48@3, 24@3, 12@5, 3@5) back to (B, 3, 64, 64); linear output, as in the lab."""
 
-    def __init__(self, latent_dim: int, n_filters: int = N_FILTERS, in_shape=IMAGE_SHAPE):
+    def __init__(self, latent_dim: int):
         super().__init__()
-        sizes = feature_sizes(in_shape, n_filters)
-        c, s = sizes[-1]
+        c, s = SIZES[-1]
         self.head = nn.Sequential(nn.Linear(latent_dim, c * s * s), nn.ReLU(inplace=True),
                                   nn.Unflatten(1, (c, s, s)))                # (B, L) -> (B, 72, 4, 4)
-        layers = []
-        for i in range(len(CONV_SPEC), 0, -1):  # 72x4 -> 48x8 -> 24x16 -> 12x32 -> 3x64
-            (c_in, s_in), (c_out, s_out), k = sizes[i], sizes[i - 1], CONV_SPEC[i - 1][1]
+        layers = []  # 72x4 -> 48x8 -> 24x16 -> 12x32 -> 3x64
+        for (c_out, s_out), (c_in, s_in), k in reversed(list(zip(SIZES, SIZES[1:], KERNELS))):
             op = convT_output_padding(s_in, s_out, k, 2, k // 2)
             layers += [nn.ConvTranspose2d(c_in, c_out, k, 2, k // 2, op), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*layers[:-1])  # no ReLU after the last: a linear output
@@ -71,11 +61,11 @@ class DBVAE(nn.Module):
     """Encoder = StandardCNN with 2*latent_dim + 1 outputs (face logit, mu, logsigma); decoder as above. Called
     on images it is a face detector, (B, 1) logits like StandardCNN; training uses encode() and the decoder."""
 
-    def __init__(self, latent_dim: int = 100, n_filters: int = N_FILTERS, in_shape=IMAGE_SHAPE):
+    def __init__(self, latent_dim: int = 100):
         super().__init__()
-        self.config = dict(kind="DBVAE", latent_dim=latent_dim, n_filters=n_filters, in_shape=list(in_shape))
-        self.encoder = StandardCNN(2 * latent_dim + 1, n_filters, in_shape)
-        self.decoder = Decoder(latent_dim, n_filters, in_shape)
+        self.config = dict(kind="DBVAE", latent_dim=latent_dim)
+        self.encoder = StandardCNN(2 * latent_dim + 1)
+        self.decoder = Decoder(latent_dim)
 
     def encode(self, x: torch.Tensor):
         out, L = self.encoder(x), self.config["latent_dim"]    # (B, 2L+1)
@@ -106,15 +96,12 @@ def dbvae_loss(model: DBVAE, x: torch.Tensor, y: torch.Tensor, kl_weight: float 
     return (cls.sum() + vae.sum()) / len(y), logit
 
 
-def sampling_probabilities(mu: torch.Tensor, bins: int = 10, alpha: float = 1e-3, combine: str = "max") -> torch.Tensor:
+def sampling_probabilities(mu: torch.Tensor, bins: int = 10, alpha: float = 1e-3) -> dict[str, torch.Tensor]:
     """Sampling probability p (N,) float64, summing to 1, of each training face from its latent means mu (N, L)
     (paper Algorithm 1). Per latent dimension j: a histogram of mu[:, j] (np.histogram density) plus alpha,
-    renormalised to Q_j; w_j(x) = 1 / Q_j(bin of x) normalised over x. Across dimensions: 'max' (the lab's:
-    the dimension where x is rarest decides) or 'product' (the paper's, in log space)."""
-    if combine not in ("max", "product"):
-        raise ValueError(f"unknown combine {combine!r}")
-    mu = mu.detach().double().cpu()
-    n = len(mu)
+    renormalised to Q_j; w_j(x) = 1 / Q_j(bin of x) normalised over x. Across dimensions, both rules from the
+    same histograms: {'max': the lab's (the dimension where x is rarest decides), 'product': the paper's}."""
+    mu, n = mu.detach().double().cpu(), len(mu)
     log_w = torch.full(mu.shape, -math.log(n), dtype=torch.float64)  # (N, L); a constant dimension stays uniform
     for j, col in enumerate(mu.T):
         lo, hi = col.min().item(), col.max().item()
@@ -126,9 +113,9 @@ def sampling_probabilities(mu: torch.Tensor, bins: int = 10, alpha: float = 1e-3
             smoothed = (density + alpha) / (density + alpha).sum()
             w = 1.0 / smoothed[idx]                                               # (N,)
             log_w[:, j] = (w / w.sum()).log()
-    s = log_w.sum(dim=1)  # product: the max is subtracted, as a product of 100 small numbers underflows
-    p = log_w.max(dim=1).values.exp() if combine == "max" else (s - s.max()).exp()
-    return p / p.sum()
+    s = log_w.sum(dim=1)  # product in log space, its max subtracted: a product of 100 small numbers underflows
+    p = {"max": log_w.max(dim=1).values.exp(), "product": (s - s.max()).exp()}
+    return {rule: v / v.sum() for rule, v in p.items()}
 
 
 @dataclass(frozen=True)
@@ -172,9 +159,7 @@ def epoch_batches(faces, negs, batch_size: int, gens, p_faces=None, augment=None
         return torch.cat([torch.randperm(n, generator=gen) for _ in range(-(-steps * half // n))])
     face_order = (passes(len(faces), face_gen) if p_faces is None else
                   torch.multinomial(p_faces.float(), steps * half, replacement=True, generator=face_gen))
-    neg_order = passes(len(negs), neg_gen)
-    for s in range(steps):
-        f_idx, n_idx = face_order[s * half:(s + 1) * half], neg_order[s * half:(s + 1) * half]
-        x = to_float(torch.cat([faces[f_idx], negs[n_idx]]), device)                   # (B, 3, H, W)
-        x = x if augment is None else augment(x, aug_gen)
-        yield x, torch.cat([torch.ones(len(f_idx)), torch.zeros(len(n_idx))]).to(device)  # y (B,)
+    y = torch.cat([torch.ones(half), torch.zeros(half)]).to(device)  # (B,) 1 = face, the same in every batch
+    for f_idx, n_idx in zip(face_order[:steps * half].split(half), passes(len(negs), neg_gen).split(half)):
+        x = to_float(torch.cat([faces[f_idx], negs[n_idx]]), device)  # (B, 3, H, W)
+        yield (x if augment is None else augment(x, aug_gen)), y

@@ -1,6 +1,5 @@
-"""Build report/ex2.pdf from report/ex2.typ (+ theory.typ) with Typst (`typst` on PyPI), passing it the result files
-and figures that are present (Typst cannot test for a file); a missing result becomes a box in the PDF naming the script
-to run, and is listed here. Built from report/results, it also rewrites the README's results tables."""
+"""Build report/ex2.pdf from ex2.typ (+ theory.typ) with Typst, given the results and figures present (Typst cannot
+test for a file): a missing result becomes a box naming its script, listed here too. Also rewrites the README tables."""
 import argparse
 import json
 import math
@@ -13,30 +12,25 @@ HERE = Path(__file__).resolve().parent          # report/
 SOURCE, README = HERE / "ex2.typ", HERE.parent / "README.md"
 MARK_START, MARK_END = "<!-- results:start (written by report/build.py) -->", "<!-- results:end -->"
 DEFAULT_EPOCH = 1704067200  # 2024-01-01, the PDF's date: same sources, same bytes; $SOURCE_DATE_EPOCH overrides it
-FIGURE_TYPES = {".png", ".jpg", ".jpeg", ".svg", ".gif"}
-# result name -> the command that writes report/results/<name>.json
-EXPERIMENTS = {"ex1": "python ex1_autoencoder.py", "ex2": "python ex2_classifier.py",
+EXPERIMENTS = {"ex1": "python ex1_autoencoder.py", "ex2": "python ex2_classifier.py",  # -> results/<name>.json
                "ex3": "python ex3_classifier_decoding.py", "ex4": "python ex4_few_shot.py",
                "ex5": "python ex5_finetune.py", "ex5_selftrain": "python ex5_finetune.py --variants scratch selftrain",
                "lab_dbvae": "python lab_dbvae.py", "lab_cam": "python lab_cam.py", "bench": "python -m common.bench"}
-# Figures the scripts write into report/figures/ that the report deliberately does not place, with the reason;
-# every other top-level figure there must be placed by a fig("<file>", ...) call in ex2.typ.
+# figures in report/figures/ that ex2.typ deliberately does not place -> why; it must place every other one (fig(...))
 UNUSED_FIGURES: dict[str, str] = {}
 
 
-def placed_figures(source: Path = SOURCE) -> set[str]:
+def placed_figures() -> set[str]:
     """The figure files that ex2.typ places (the first argument of each fig(...) call outside comments)."""
-    code = "\n".join(line for line in source.read_text().splitlines() if not line.lstrip().startswith("//"))
+    code = "\n".join(line for line in SOURCE.read_text().splitlines() if not line.lstrip().startswith("//"))
     return set(re.findall(r'\bfig\(\s*"([^"]+)"', code))
 
 
-def unplaced_figures(figures_dir: Path, source: Path = SOURCE) -> list[str]:
-    skip = placed_figures(source) | set(UNUSED_FIGURES)
-    return sorted(p.name for p in figures_dir.glob("*.png") if p.name not in skip)
+def unplaced_figures(figures_dir: Path) -> list[str]:
+    return sorted({p.name for p in figures_dir.glob("*.png")} - placed_figures() - set(UNUSED_FIGURES))
 
 
-def write_if_changed(path: Path, data: bytes) -> bool:
-    """Write `data` to `path` (atomically) only when the bytes differ; True if the file changed."""
+def write_if_changed(path: Path, data: bytes) -> bool:  # True if it wrote (atomically: a temp file, then os.replace)
     if path.exists() and path.read_bytes() == data:
         return False
     path.with_name(path.name + ".tmp").write_bytes(data)
@@ -49,20 +43,17 @@ def load_results(results_dir: Path) -> dict[str, dict]:
     out = {}
     for p in sorted(results_dir.glob("*.json")):
         try:  # NaN and Infinity, which Python writes and strict JSON (so Typst) rejects, read as null
-            obj = json.loads(p.read_text(), parse_constant=lambda _: None)
-            if not isinstance(obj, dict):
-                raise ValueError("not a JSON object")
-            out[p.stem] = obj
+            out[p.stem] = json.loads(p.read_text(), parse_constant=lambda _: None)
         except (OSError, ValueError) as e:
             print(f"warning: ignoring {p} ({e})", file=sys.stderr)
-    return out
+    return {name: obj for name, obj in out.items() if isinstance(obj, dict)}
 
 
-def build(out: Path, results_dir: Path, figures_dir: Path, *, png: bool = False, quiet: bool = False) -> dict:
+def build(out: Path, results_dir: Path, figures_dir: Path, *, png: bool = False) -> dict:
     import typst  # imported here so --help works without it
 
     out, results, figures_dir = out.resolve(), load_results(results_dir), figures_dir.resolve()
-    figures = sorted(p.name for p in figures_dir.glob("*") if p.suffix.lower() in FIGURE_TYPES and "," not in p.name)
+    figures = sorted(p.name for p in figures_dir.glob("*.png") if "," not in p.name)
     root = Path(os.path.commonpath([HERE, figures_dir]))  # Typst reads no file outside its root
     # the results go in as JSON text (cleaned of NaN); "," separates the names of those present
     inputs = {"results": ",".join(results), "figures": ",".join(figures), "scripts": json.dumps(EXPERIMENTS),
@@ -75,21 +66,19 @@ def build(out: Path, results_dir: Path, figures_dir: Path, *, png: bool = False,
         raise SystemExit(f"error: Typst could not build {SOURCE.name}:\n{e}") from e
     out.parent.mkdir(parents=True, exist_ok=True)
     changed = write_if_changed(out, pdf)  # same sources -> same bytes -> the file is left alone
-    for w in warnings or []:
+    for w in warnings:
         print(f"typst warning: {w}", file=sys.stderr)
     if png:  # every page as <pdf stem>-<page>.png next to the PDF
         typst.compile(str(SOURCE), output=str(out.with_name(out.stem + "-{0p}.png")), format="png", ppi=110, **kw)
     missing = {name: cmd for name, cmd in EXPERIMENTS.items() if name not in results}
-    if not quiet:
-        print(f"{'wrote' if changed else 'unchanged:'} {out}  (results: {', '.join(results) or 'none'})")
-        for name, cmd in missing.items():
-            print(f"  missing {name}: run `{cmd}` to produce {os.path.relpath(results_dir / (name + '.json'))}")
-        for f in unplaced_figures(figures_dir):
-            print(f"  figure {f} is not placed in {SOURCE.name} and not listed in UNUSED_FIGURES (build.py)")
+    print(f"{'wrote' if changed else 'unchanged:'} {out}  (results: {', '.join(results) or 'none'})")
+    for name, cmd in missing.items():
+        print(f"  missing {name}: run `{cmd}` to produce {os.path.relpath(results_dir / (name + '.json'))}")
+    for f in unplaced_figures(figures_dir):
+        print(f"  figure {f} is not placed in {SOURCE.name} and not listed in UNUSED_FIGURES (build.py)")
     return {"pdf": out, "changed": changed, "results": results, "figures": figures, "missing": missing}
 
 
-# ----------------------------------------------------------------------------- the README tables
 def get(d, *path, default=None):
     """d[k0][k1]...: dict keys or list indices; `default` as soon as one is missing or of the wrong type."""
     for k in path:
@@ -105,7 +94,6 @@ def is_num(*vs) -> bool:
 
 
 def fmt(v, spec: str = ".4f", scale: float = 1, unit: str = "") -> str:
-    """scale * v in format `spec`, then `unit`; "–" unless v is a finite number."""
     return f"{scale * v:{spec}}{unit}" if is_num(v) else "–"
 
 
@@ -123,15 +111,14 @@ def ae_share_of_peak(bench) -> str:
                       for v in img_s)
 
 
-# How a README cell shows {name.key.key:spec}, the value at that path of results/<name>.json: spec is one of these,
-# else a format spec (".4f"); "–" for a value that is missing or of the wrong type.
+# A README cell's {name.key.key:spec} is the value at that path of results/<name>.json, shown as FORMATS[spec] says,
+# else with the format spec (".4f"); "–" for a value that is missing or of the wrong type.
 FORMATS = {"pct": lambda v: fmt(v, ".2f", 100, " %"), "ci": fmt_ci,
            "pts": lambda v: fmt_ci(v, "mean_diff", "+.2f", 100, " pts"),  # a paired difference of fractions
            "diff": lambda v: fmt_ci(v, "mean_diff", "+.2f", 1, ""),  # ... of values in their own unit
            "count": lambda v: str(len(v)) if isinstance(v, list) and v else "–",
            "str": lambda v: v if isinstance(v, str) and v else "–", "ae_share_of_peak": ae_share_of_peak}
-# Each table: (heading row, its rows); a row is (experiment, metric, result).
-README_TABLES = [
+README_TABLES = [  # each table: (heading row, its rows); a row is (experiment, metric, result)
     (("experiment", "metric", "result"), [
         ("ex1 autoencoder, d={ex1.latent_dim:.0f}", "test mean-L1, conv+FC / conv-only / PCA-{ex1.latent_dim:.0f}",
          "{ex1.variants.conv_fc.test_l1:.4f} / {ex1.variants.conv.test_l1:.4f} / {ex1.pca_test_l1:.4f}"),
@@ -165,36 +152,29 @@ README_TABLES = [
 
 def readme_table(results: dict) -> str:
     """The README's results tables, every number read from `results` (load_results; nothing typed by hand)."""
-    def fill(m: re.Match) -> str:  # {name.key.key:spec}: that value of results/<name>.json, shown as FORMATS says
-        v = get(results, *m[1].split("."))
-        return FORMATS[m[2]](v) if m[2] in FORMATS else fmt(v, m[2])
+    def fill(m: re.Match) -> str:  # m: {name.key.key:spec}
+        return FORMATS.get(m[2], lambda v: fmt(v, m[2]))(get(results, *m[1].split(".")))
     text = "\n\n".join("\n".join([f"| {' | '.join(head)} |", "|---" * len(head) + "|"]
                                   + [f"| {' | '.join(row)} |" for row in rows]) for head, rows in README_TABLES)
     return re.sub(r"\{([\w.]+):([^}]+)\}", fill, text)
 
 
 def update_readme(results: dict) -> bool:
-    """Rewrite the tables between the README's result markers if they changed; False if not, or no markers."""
-    text = README.read_text() if README.exists() else ""
-    if MARK_START not in text or MARK_END not in text:
-        return False
-    head, rest = text.split(MARK_START, 1)
-    table = f"{MARK_START}\n{readme_table(results)}\n{MARK_END}"
-    return write_if_changed(README, (head + table + rest.split(MARK_END, 1)[1]).encode())
+    block = f"{MARK_START}\n{readme_table(results)}\n{MARK_END}"
+    text, found = re.subn(f"(?s){re.escape(MARK_START)}.*?{re.escape(MARK_END)}", lambda _: block, README.read_text())
+    return found > 0 and write_if_changed(README, text.encode())
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--out-dir", type=Path, default=HERE, help="the folder the scripts wrote results/ and figures/ "
-                   "into, and where ex2.pdf goes (default: report/)")
+    p.add_argument("--out-dir", type=Path, default=HERE, help="where results/ and figures/ are (default: report/)")
     p.add_argument("--pdf", type=Path, help="the PDF to write (default: OUT_DIR/ex2.pdf)")
     p.add_argument("--png", action="store_true", help="also render each page to PDF-<page>.png, next to the PDF")
     args = p.parse_args(argv)
     info = build(args.pdf or args.out_dir / "ex2.pdf", args.out_dir / "results", args.out_dir / "figures", png=args.png)
     if args.out_dir.resolve() == HERE and update_readme(info["results"]):
         print("updated the results tables in README.md")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

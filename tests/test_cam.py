@@ -8,7 +8,7 @@ from conftest import DATA_DIR, assert_figure, load_result, run_script
 from torch.nn import functional as F
 
 import lab_cam
-from common.cam import CamCNN, border_share, class_activation_maps, generate_cam, grad_cam, normalise_map
+from common.cam import CamCNN, border_share, class_activation_maps, grad_cam, input_size_cams, normalise_map
 from common.data import IMAGENETTE_DIR, TensorData
 from common.train import resolve_precision
 from common.utils import UserError
@@ -49,13 +49,17 @@ def test_cam_is_the_weighted_sum_of_the_last_feature_maps(model_and_input):
             expected[:, c] += w[c, k] * f[:, k]
     assert cams.shape == (3, 5, 24 // 4, 32 // 4)
     torch.testing.assert_close(cams, expected)
-    # generate_cam: the same map for the predicted class, upsampled to the image size
-    cam, c, conf = generate_cam(model, x[0], normalize=False)
-    probs = model(x[:1]).detach().softmax(1)[0]
-    assert c == int(probs.argmax()) and conf == pytest.approx(float(probs.max()))
-    up = F.interpolate(expected[:1, c:c + 1], size=x.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
-    torch.testing.assert_close(cam, up)
-    cam_n, _, _ = generate_cam(model, x[0])
+
+    # input_size_cams: each image's map of its predicted class (or of a chosen class), upsampled to the image size
+    def upsampled(classes):  # the hand-computed maps of these classes (B,), bilinear to (B, H, W)
+        return F.interpolate(expected[torch.arange(3), classes][:, None], size=x.shape[-2:], mode="bilinear",
+                             align_corners=False)[:, 0]
+    logits, cam = input_size_cams(model, x, normalize=False)
+    torch.testing.assert_close(logits, model(x))
+    torch.testing.assert_close(cam, upsampled(model(x).argmax(1)))
+    chosen = torch.tensor([4, 0, 2])
+    torch.testing.assert_close(input_size_cams(model, x, chosen, normalize=False)[1], upsampled(chosen))
+    cam_n = input_size_cams(model, x[:1])[1][0].detach()
     assert cam_n.shape == x.shape[-2:] and cam_n.min() == 0 and cam_n.max() == pytest.approx(1.0)
 
 
@@ -68,8 +72,9 @@ def test_spatial_mean_of_cam_plus_bias_is_the_logit(model_and_input):
 
 def test_gradcam_is_cam_up_to_scale_for_a_gap_linear_head(model_and_input):
     model, x = model_and_input
-    cam, c, _ = generate_cam(model, x[1], normalize=False)
-    gc, c2 = grad_cam(model, x[1], c, normalize=False, relu=False)
+    logits, cam = input_size_cams(model, x[1:2], normalize=False)
+    c, cam = int(logits.argmax()), cam[0]
+    gc, c2 = grad_cam(model, x[1], normalize=False, relu=False)    # default class: the predicted one
     h, w = (s // model.downsample for s in x.shape[-2:])
     assert c2 == c
     torch.testing.assert_close(gc, cam / (h * w))              # alpha_k^c = w_k^c / (h w)
@@ -79,16 +84,17 @@ def test_gradcam_is_cam_up_to_scale_for_a_gap_linear_head(model_and_input):
 
 def test_lab_evaluation_matches_per_image_maps(model_and_input):
     """evaluate_val (batched through common.train.predict, batches of 2 for 3 images) gives each image's
-    logits and the min-max CAM of its predicted class, as generate_cam computes them one by one."""
+    logits and the min-max CAM of its predicted class, as input_size_cams computes them one image at a time."""
     model, x = model_and_input
     y = torch.tensor([0, 1, 2])
     names = ["a", "b", "c", "d", "e"]
     ev = evaluate_val(model, TensorData(x, y), names, "cpu", batch_size=2)
     torch.testing.assert_close(ev["logits"], model(x).detach())
     for i in range(3):
-        cam, c, conf = generate_cam(model, x[i])
-        assert int(ev["pred"][i]) == c and float(ev["conf"][i]) == pytest.approx(conf)
-        torch.testing.assert_close(ev["cams"][i], cam)
+        logits, cam = input_size_cams(model, x[i:i + 1])
+        probs = logits.detach().softmax(1)[0]
+        assert int(ev["pred"][i]) == int(probs.argmax()) and float(ev["conf"][i]) == pytest.approx(float(probs.max()))
+        torch.testing.assert_close(ev["cams"][i], cam[0])
     assert ev["acc"] == pytest.approx((ev["pred"] == y).float().mean().item())
     assert ev["confusion"].sum() == 3 and all(ev["confusion"][int(y[i]), int(ev["pred"][i])] >= 1 for i in range(3))
 

@@ -175,7 +175,7 @@ def test_sampling_probabilities(combine):
     g = torch.Generator().manual_seed(0)
     common = torch.randn(950, 5, generator=g)
     rare = torch.randn(50, 5, generator=g) * 0.3 + 6.0
-    p = sampling_probabilities(torch.cat([common, rare]), bins=10, alpha=1e-3, combine=combine)
+    p = sampling_probabilities(torch.cat([common, rare]), bins=10, alpha=1e-3)[combine]
     assert p.shape == (1000,)
     assert (p >= 0).all()
     torch.testing.assert_close(p.sum(), torch.tensor(1.0, dtype=p.dtype), atol=1e-12, rtol=0)
@@ -206,7 +206,7 @@ def test_sampling_probabilities_match_lab_numpy():
         w = 1.0 / s[idx - 1]
         ref = np.maximum(w / w.sum(), ref)
     ref /= ref.sum()
-    np.testing.assert_allclose(sampling_probabilities(mu, 10, 1e-3, "max").numpy(), ref, rtol=1e-9)
+    np.testing.assert_allclose(sampling_probabilities(mu, 10, 1e-3)["max"].numpy(), ref, rtol=1e-9)
 
 
 def _indexed(n: int) -> torch.Tensor:

@@ -208,7 +208,7 @@ def test_build_with_full_synthetic_results(tmp_path):
     synthetic_results(tmp_path)
     for f in FIGURES:
         _tiny_png(tmp_path / "figures" / f)
-    info = _build_module().build(tmp_path / "full.pdf", tmp_path / "results", tmp_path / "figures", quiet=True)
+    info = _build_module().build(tmp_path / "full.pdf", tmp_path / "results", tmp_path / "figures")
     assert not info["missing"] and set(info["figures"]) == set(FIGURES)
     text = pdf_text(tmp_path / "full.pdf")
     assert_headings(text)
@@ -241,7 +241,7 @@ def test_build_ignores_a_broken_result_file(tmp_path):
     (tmp_path / "results" / "ex4.json").write_text(json.dumps({"unexpected": "schema"}))  # every key missing
     # Python's json writes NaN for a nan float; Typst's strict parser would reject the whole file
     (tmp_path / "results" / "ex5.json").write_text('{"final_test_acc": {"mean": NaN, "std": 0.1}, "seeds": [1]}')
-    info = _build_module().build(tmp_path / "b.pdf", tmp_path / "results", tmp_path / "figures", quiet=True)
+    info = _build_module().build(tmp_path / "b.pdf", tmp_path / "results", tmp_path / "figures")
     assert "ex3" in info["missing"] and "ex4" not in info["missing"] and "ex5" not in info["missing"]
     text = pdf_text(tmp_path / "b.pdf")
     assert_headings(text)
@@ -264,7 +264,7 @@ def test_build_survives_unexpected_value_types(tmp_path, leaf):
     res = synthetic_results(tmp_path)
     for name, obj in res.items():
         (tmp_path / "results" / f"{name}.json").write_text(json.dumps(_mutate(obj, leaf)))
-    _build_module().build(tmp_path / "m.pdf", tmp_path / "results", tmp_path / "figures", quiet=True)
+    _build_module().build(tmp_path / "m.pdf", tmp_path / "results", tmp_path / "figures")
     assert_headings(pdf_text(tmp_path / "m.pdf"))
 
 
@@ -276,7 +276,7 @@ def test_build_survives_wrong_container_types(tmp_path):
            "seeds": 3, "train_indices": 5, "ae": 1, "standard": [], "dbvae": "x", "final_test_acc": [0.5]}
     for name in ("ex1", "ex2", "ex3", "ex4", "ex5", "lab_dbvae", "lab_cam", "bench"):
         (tmp_path / "results" / f"{name}.json").write_text(json.dumps(bad))
-    _build_module().build(tmp_path / "w.pdf", tmp_path / "results", tmp_path / "figures", quiet=True)
+    _build_module().build(tmp_path / "w.pdf", tmp_path / "results", tmp_path / "figures")
     assert_headings(pdf_text(tmp_path / "w.pdf"))
 
 
@@ -416,3 +416,24 @@ def test_unplaced_figures_are_found(tmp_path):
     for name in (placed[0], "stray_plot.png", "notes.txt"):
         (tmp_path / name).write_bytes(b"")
     assert mod.unplaced_figures(tmp_path) == ["stray_plot.png"]
+
+
+def test_load_results_keeps_json_objects_only(tmp_path, capsys):
+    mod = _build_module()
+    for name, text in {"ok": '{"a": NaN}', "broken": "{ half", "array": "[1, 2]", "number": "3"}.items():
+        (tmp_path / f"{name}.json").write_text(text)
+    assert mod.load_results(tmp_path) == {"ok": {"a": None}}  # NaN read as null; the others count as missing
+    assert "broken.json" in capsys.readouterr().err
+
+
+def test_update_readme_rewrites_only_between_the_markers(tmp_path, monkeypatch):
+    mod = _build_module()
+    readme = tmp_path / "README.md"
+    monkeypatch.setattr(mod, "README", readme)
+    monkeypatch.setattr(mod, "readme_table", lambda results: "| new \\1 |")  # a backslash stays as it is
+    readme.write_text(f"head\n{mod.MARK_START}\nold\n{mod.MARK_END}\ntail {mod.MARK_END}\n")
+    assert mod.update_readme({}) is True
+    assert readme.read_text() == f"head\n{mod.MARK_START}\n| new \\1 |\n{mod.MARK_END}\ntail {mod.MARK_END}\n"
+    assert mod.update_readme({}) is False  # unchanged: not rewritten
+    readme.write_text("no markers\n")
+    assert mod.update_readme({}) is False and readme.read_text() == "no markers\n"
