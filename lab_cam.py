@@ -1,10 +1,8 @@
-"""LAB01 exercise 2.3: Class Activation Maps (Zhou et al., CVPR 2016) of a CNN trained on Imagenette.
+"""LAB01 exercise 2.3: Class Activation Maps (Zhou et al., CVPR 2016) of a GAP + linear CNN (common/cam.py) trained on
+Imagenette v2 (160 px files), on the official val split ("test" in the history), compared with Grad-CAM. The val
+centre crop is larger than the random-resized training crops, which make objects look bigger (Touvron et al. 2019).
 
-A GAP + linear CNN (common/cam.py) trained on Imagenette v2 train (160 px files) explains its predictions on the
-official val split ("test" in the history) with CAMs, compared with Grad-CAM. The val centre crop (--val-size) is
-larger than the random-resized training crops (--train-size), as those make objects look bigger (Touvron et al. 2019).
-
-    DATA_DIR=../shared/data python lab_cam.py [--smoke]   # report/figures/lab_cam_*.png, cam/, results/lab_cam.json"""
+    DATA_DIR=../shared/data python lab_cam.py [--smoke]   # report/figures/lab_cam_*, cam/, results/lab_cam.json"""
 from __future__ import annotations
 
 import argparse
@@ -50,8 +48,7 @@ def get_args(argv=None) -> tuple[argparse.Namespace, CamRecipe]:
     """The command line and the recipe its flags of the same names make (with the augmentation in words)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     utils.add_common_args(p, epochs=CamRecipe.epochs, batch_size=CamRecipe.batch_size, lr=CamRecipe.lr)
-    p.add_argument("--channels", type=positive_int, nargs="+", default=[32, 64, 128, 256],
-                   help="conv channels of the conv-BN-ReLU-Dropout-MaxPool blocks (default 32 64 128 256)")
+    p.add_argument("--channels", type=positive_int, nargs="+", default=[32, 64, 128, 256], help="channels per block")
     for flag, kind, default, text in (
             ("--cam-channels", positive_int, 512, "channels K of the last (CAM) conv layer before GAP"),
             ("--dropout", fraction, 0.0, "dropout in every block (short runs underfit, crops regularise)"),
@@ -150,9 +147,9 @@ def compare_gradcam(model: cam.CamCNN, data: TensorData, n: int, names: list[str
             rows[f"val #{i}\ntrue: {names[int(data.y[i])]}\npred: {names[c]}"] = [
                 (data.x[i], None), (None, m_n), (None, g_n), (None, (m_n - g_n).abs())]
     raw, minmax, scale = (torch.stack(v).nan_to_num(1.0) for v in zip(*stats))  # (n,); NaN r (flat maps): agreement
-    cam.map_rows(list(rows.values()), ["original", "CAM (min-max)", "Grad-CAM (ReLU, min-max)", "|CAM - Grad-CAM|"],
-                 path, f"CAM vs Grad-CAM on the same GAP + linear model, {len(raw)} val images\nmean Pearson r: raw "
-                 f"maps {raw.mean():.4f}, ReLU + min-max {minmax.mean():.3f}", row_labels=list(rows))
+    cam.map_rows(rows, ["original", "CAM (min-max)", "Grad-CAM (ReLU, min-max)", "|CAM − Grad-CAM|"], path,
+                 f"CAM vs Grad-CAM on the same GAP + linear model, {len(raw)} val images\nmean Pearson r: raw maps "
+                 f"{raw.mean():.4f}, ReLU + min-max {minmax.mean():.3f}")
     h, w = (s // model.downsample for s in data.x.shape[-2:])
     return {"images": len(raw), "pearson_raw_mean": raw.mean().item(), "pearson_raw_min": raw.min().item(),
             "pearson_relu_minmax_mean": minmax.mean().item(), "pearson_relu_minmax_min": minmax.min().item(),
@@ -167,19 +164,18 @@ def write_figures(ev: dict, val: TensorData, names: list[str], hist, fig_dir) ->
     examples, overview = [], {}  # overview: (class, kind) -> panel; no entry where no image fits
     for c, kind, i in [(c, kind, i) for c, kinds in picks.items() for kind, i in kinds.items() if i is not None]:
         pred, conf, share = names[int(ev["pred"][i])], float(ev["conf"][i]), float(ev["border_share"][i])
-        path = cam.save_cam_visualization(val.x[i], ev["cams"][i], names[c], pred, conf,
-                                          fig_dir / "cam" / f"{names[c].replace(' ', '_')}_{kind}_val{i}.png",
-                                          note=f"{KIND_TITLES[kind]}; border share {share:.0%}")
+        overview[c, kind] = {"image": val.x[i], "cam": ev["cams"][i], "true": names[c], "pred": pred, "conf": conf}
+        path = cam.cam_overview_figure([overview[c, kind]], fig_dir / "cam" / f"{names[c].replace(' ', '_')}_{kind}"
+                                       f"_val{i}.png", f"val #{i}; border share {share:.0%}", [KIND_TITLES[kind]])
         examples.append({"class": names[c], "kind": kind, "val_index": i, "pred": pred,
                          "confidence": conf, "border_share": share, "figure": path})
-        overview[c, kind] = {"image": val.x[i], "cam": ev["cams"][i], "true": names[c], "pred": pred, "conf": conf}
     for k, first in enumerate(range(0, len(names), OVERVIEW_CLASSES), 1):
         last = min(first + OVERVIEW_CLASSES, len(names))
         cam.cam_overview_figure([overview.get((c, kind)) for c in range(first, last) for kind in KIND_TITLES],
                                 fig_dir / f"lab_cam_overview_{k}.png",
                                 f"CAMs of the predicted class on Imagenette val (val acc {ev['acc']:.1%}), "
                                 f"classes {first + 1}–{last} of {len(names)}", list(KIND_TITLES.values()))
-    plot_curves({"CAM CNN": hist}, fig_dir / "lab_cam_curves.png",
+    plot_curves({"CAM CNN": hist}, fig_dir / "lab_cam_curves.pdf",
                 "lab_cam: loss (label-smoothed CE) and accuracy per epoch; 'test' = official val split")
     return examples
 

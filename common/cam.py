@@ -3,13 +3,15 @@ With f_k(x, y) the last conv layer's k-th feature map and w_k^c the fc weight fr
 Eq. 1-2), M_c(x, y) = sum_k w_k^c f_k(x, y) is each location's share of the logit: S_c = mean_{x,y} M_c + b_c."""
 from __future__ import annotations
 
+import textwrap
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torchvision.transforms.v2.functional import normalize
 
 from .data import to_float
-from .plots import plt, save
+from .plots import PRINT_STYLE, TEXT_WIDTH_IN, plt, save
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # of ImageNet's RGB pixels in [0, 1]
 
@@ -97,7 +99,7 @@ def grad_cam(model: CamCNN, image: torch.Tensor, class_idx: int | None = None, n
 
 
 def show(ax, image: torch.Tensor | None = None, cam: torch.Tensor | None = None):
-    """Draw image (3, H, W), cam (H, W) in [0, 1] or the cam over the image on ax; the map's AxesImage or None."""
+    """Draw image (3, H, W), cam (H, W) in [0, 1] (NaN: none) or the cam over the image on ax; the map's AxesImage."""
     if image is not None:
         ax.imshow(to_float(image).clamp(0, 1).permute(1, 2, 0).cpu().numpy())  # (H, W, 3)
     ax.set(xticks=[], yticks=[])
@@ -105,46 +107,42 @@ def show(ax, image: torch.Tensor | None = None, cam: torch.Tensor | None = None)
         return ax.imshow(cam.cpu().numpy(), cmap="jet", vmin=0, vmax=1, alpha=None if image is None else 0.45)
 
 
-def map_rows(rows, col_titles, path, title: str, row_labels=(), size=(2.15, 2.2), bar_label="normalised map value"):
-    """Rows of (image, cam) panels drawn by show() under col_titles, one colour bar for all maps; size: a panel's."""
-    fig, axes = plt.subplots(len(rows), len(col_titles), figsize=(size[0] * len(col_titles), size[1] * len(rows) + 0.5),
-                             squeeze=False, layout="constrained")
-    for ax_row, row, label in zip(axes, rows, [*row_labels] + [""] * len(rows)):
-        maps = [show(ax, *panel) for ax, panel in zip(ax_row, row)]
-        ax_row[0].set_ylabel(label, fontsize=7)
-    for ax, t in zip(axes[0], col_titles):
-        ax.set_title(t, fontsize=9)
-    fig.colorbar(next(m for m in maps if m), ax=axes.ravel().tolist(), fraction=0.03, pad=0.02, label=bar_label)
-    fig.suptitle(title, fontsize=9)
-    return save(fig, path)
-
-
-def save_cam_visualization(image, cam, true_name: str, pred_name: str, confidence: float, path, note: str = ""):
-    """One figure: original | CAM (of the predicted class) | overlay, titled with true/pred/confidence."""
-    mark = "correct" if true_name == pred_name else "WRONG"
-    return map_rows([[(image, None), (None, cam), (image, cam)]], ["original", f"CAM of '{pred_name}'", "overlay"],
-                    path, f"true: {true_name} | predicted: {pred_name} ({confidence:.0%}, {mark})\n{note}",
-                    size=(2.8, 2.8), bar_label="normalised CAM")
+def map_rows(rows: dict, col_titles, path, title: str, bar_label="normalised map value"):
+    """Rows (label -> (image, cam) panels for show()) under col_titles, one colour bar; text width wide: 8-9 pt."""
+    side = (TEXT_WIDTH_IN - 1.3) / len(col_titles)  # square panels; 1.3 in for the row labels and the colour bar
+    with plt.rc_context(PRINT_STYLE):
+        fig, axes = plt.subplots(len(rows), len(col_titles), figsize=(TEXT_WIDTH_IN, side * len(rows) + 0.6),
+                                 squeeze=False, layout="constrained")
+        for ax_row, (label, row) in zip(axes, rows.items()):
+            maps = [show(ax, *panel) for ax, panel in zip(ax_row, row)]
+            ax_row[0].set_ylabel(label)
+        for ax, t in zip(axes[0], col_titles):
+            ax.set_title(textwrap.fill(t, int(side * 16)))  # a 9 pt character is ~1/16 in: no title overlaps
+        fig.colorbar(next(m for m in maps if m), ax=axes.ravel().tolist(), fraction=0.03, pad=0.02, label=bar_label)
+        fig.suptitle(title, fontsize=9)
+        return save(fig, path)
 
 
 def cam_overview_figure(items: list[dict | None], path, title: str, col_titles: list[str]):
-    """Rows (one class each) of (original, CAM overlay) pairs under col_titles; item: dict(image (3, H, W), cam
-    (H, W), true, pred, conf), None for an empty slot; mistakes in red. ~8.7 in wide: placed at a 6.7 in text width."""
+    """Rows (one class each) of (original | CAM overlay) pairs under col_titles; item: dict(image (3, H, W), cam
+    (H, W), true, pred, conf), None for an empty slot; mistakes in red. The text width wide: 8-9 pt in print."""
     ncol, nrow = len(col_titles), -(-len(items) // len(col_titles))
-    kw = dict(xticks=[], yticks=[], aspect="equal", frame_on=False)  # square like the images: empty slots line up
-    fig, axes = plt.subplots(nrow, 2 * ncol, figsize=(2 * ncol * 1.45, nrow * 1.75 + 0.9), squeeze=False, subplot_kw=kw)
-    fig.subplots_adjust(wspace=0.05, hspace=0.32, top=1 - 0.9 / fig.get_figheight())  # wspace: within a pair
-    for i, it in enumerate(items):
-        a0, a1 = axes.reshape(-1, 2)[i]  # the i-th (original, overlay) pair, row by row
-        if it is None:
-            a0.text(0.5, 0.5, "none", ha="center", va="center", fontsize=9, transform=a0.transAxes)
-            continue
-        axes[i // ncol][0].set_ylabel(f"true:\n{it['true']}", fontsize=9.5)  # a row: one class, even if slots are empty
-        for ax, cam, text in ((a0, None, f"pred: {it['pred']}"), (a1, it["cam"], f"p = {it['conf']:.0%}")):
-            show(ax, it["image"], cam)
-            ax.set_title(text, fontsize=9.5, color="k" if it["true"] == it["pred"] else "red")
-    for c, t in enumerate(col_titles):  # a header centred over each (original, overlay) pair, above the titles
-        axes[0][2 * c].annotate(t, (1 + fig.subplotpars.wspace / 2, 1), xycoords="axes fraction", xytext=(0, 20),
-                                textcoords="offset points", ha="center", fontsize=10, fontweight="bold")
-    fig.suptitle(title, fontsize=11, y=1 - 0.15 / fig.get_figheight(), va="top")
-    return save(fig, path)
+    pair_h = (TEXT_WIDTH_IN - 0.6) / ncol / 2.3  # in: 0.6 for the row labels; a pair (~2.1 images) and its gap
+    with plt.rc_context(PRINT_STYLE):
+        fig, axes = plt.subplots(nrow, ncol, figsize=(TEXT_WIDTH_IN, nrow * (pair_h + 0.3) + 0.95), squeeze=False,
+                                 subplot_kw=dict(xticks=[], yticks=[], frame_on=False))
+        fig.subplots_adjust(0.6 / TEXT_WIDTH_IN, 0, 1, 1 - 0.95 / fig.get_figheight(), hspace=0.3 / pair_h)  # 0.3 in
+        for i, (ax, it) in enumerate(zip(axes.flat, items)):
+            if it is None:
+                ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
+                continue
+            image, w = to_float(it["image"]).cpu(), it["image"].shape[-1]  # (3, H, W), W
+            show(ax, torch.cat([F.pad(image, (0, w // 16), value=1.0), image], 2),  # original, white seam, overlay
+                 F.pad(it["cam"].cpu(), (w + w // 16, 0), value=float("nan")))   # (H, 2W + W/16); NaN: no map there
+            ax.set_title(f"pred: {it['pred']} ({it['conf']:.0%})", color="k" if it["true"] == it["pred"] else "red")
+            axes[i // ncol][0].set_ylabel(f"true:\n{it['true']}")  # a row: one class, even if slots are empty
+        for ax, t in zip(axes[0], col_titles):  # bold headers of ≤ 20 characters a line, 22 pt above the pair titles
+            ax.annotate(textwrap.fill(t, 20), (0.5, 1), xycoords="axes fraction", xytext=(0, 22),
+                        textcoords="offset points", ha="center", va="bottom", fontweight="bold")
+        fig.suptitle(title, y=1 - 0.08 / fig.get_figheight(), va="top", fontsize=9)
+        return save(fig, path)

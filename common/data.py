@@ -1,10 +1,7 @@
-"""Data as in-memory tensors: MNIST (checked byte for byte), its augmentations, and the labs' photos.
+"""Data as in-memory tensors: MNIST (checked byte for byte), batched augmentations, and the labs' photos (uint8).
 
-The whole MNIST training set is 60000 x 784 floats = 188 MB: it fits in memory, so it is converted once
-and mini-batches are sliced with an index tensor, without the per-sample PIL -> ToTensor work and the
-collation of a DataLoader that dominate the step time of small models on a CPU. The labs' photos
-(UTKFace, Imagenette, the MIT faces) are decoded once into uint8 tensors and converted per batch.
-"""
+MNIST's 60000 x 784 floats (188 MB) are converted once and batches sliced with an index tensor: no per-sample
+PIL -> ToTensor work and DataLoader collation, which dominate the step time of small models on a CPU."""
 from __future__ import annotations
 
 import hashlib
@@ -16,8 +13,7 @@ import torch
 
 from .utils import UserError
 
-# SHA-256 of the uncompressed IDX files (as listed in the course data README). A file that is
-# present but differs is corrupted (flipped bytes, truncated copy), which is not the same as missing.
+# SHA-256 of the uncompressed IDX files (course data README): a present but differing file is corrupted, not missing.
 MNIST_SHA256 = {
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
     "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
@@ -40,19 +36,9 @@ def missing_data_message(what: str, root: Path, cause: BaseException | None = No
             f"(in this course's sandbox, from the repository root: DATA_DIR=../shared/data).")
 
 
-def verify_mnist_files(raw: Path, names) -> None:
-    """One clear line for the first of `names` in `raw` whose SHA-256 is not the known one."""
-    for name in names:
-        got = hashlib.sha256((raw / name).read_bytes()).hexdigest()  # 47 MB at most: read at once
-        if got != MNIST_SHA256[name]:
-            raise UserError(f"corrupted: {raw / name}, expected sha256 {MNIST_SHA256[name]}, got {got}; delete "
-                            f"it and download MNIST again, or point --data-dir / DATA_DIR at an intact copy")
-
-
 @dataclass
 class TensorData:
-    """Images (N, C, H, W) float32 in [0, 1], integer labels (N,) and, for a subset, the indices (N,)
-    of its examples in the full data set it was taken from (so a script can record what it trained on)."""
+    """Images (N, C, H, W), integer labels (N,) and, for a subset, its examples' indices (N,) in the full data set."""
     x: torch.Tensor
     y: torch.Tensor
     index: torch.Tensor | None = None
@@ -66,16 +52,14 @@ class TensorData:
 
 
 def load_mnist(data_dir: str | Path, train: bool) -> TensorData:
-    """The byte-exact MNIST split as tensors: x (N, 1, 28, 28) in [0, 1], y (N,) int64. Offline, the raw
-    files must be there; a missing or damaged file stops the run with one line."""
+    """The byte-exact MNIST split: x (N, 1, 28, 28) in [0, 1], y (N,) int64; a missing or damaged file is one line."""
     from torchvision.datasets import MNIST  # lazy: importing torchvision costs ~1 s
 
     root = Path(data_dir).expanduser()
     raw = root / "MNIST" / "raw"
     split = [n for n in MNIST_SHA256 if n.startswith("train" if train else "t10k")]
     if not all((raw / n).is_file() for n in MNIST_SHA256):  # torchvision needs all four to skip downloading
-        # MNIST(download=True) creates <root>/MNIST/raw before it fails offline: remove what it created,
-        # so a failed load leaves the data dir as it was.
+        # MNIST(download=True) creates <root>/MNIST/raw before failing offline: a failed load removes what it created
         created = next((d for d in (root, root / "MNIST", raw) if not d.exists()), None)
         try:
             MNIST(root=str(root), train=train, download=True)
@@ -83,7 +67,11 @@ def load_mnist(data_dir: str | Path, train: bool) -> TensorData:
             if created is not None:
                 shutil.rmtree(created, ignore_errors=True)
             raise UserError(missing_data_message("MNIST", root, exc)) from None
-    verify_mnist_files(raw, split)  # before parsing: a damaged header must not become a parser traceback
+    for name in split:  # checked before parsing: a damaged header must not become a parser traceback
+        got = hashlib.sha256((raw / name).read_bytes()).hexdigest()  # 47 MB at most: read at once
+        if got != MNIST_SHA256[name]:
+            raise UserError(f"corrupted: {raw / name}, expected sha256 {MNIST_SHA256[name]}, got {got}; delete "
+                            f"it and download MNIST again, or point --data-dir / DATA_DIR at an intact copy")
     ds = MNIST(root=str(root), train=train, download=False)
     x = ds.data.unsqueeze(1).float().div_(255.0)  # (N, 1, 28, 28); uint8 -> [0, 1] once
     return TensorData(x, ds.targets.long())
@@ -99,8 +87,7 @@ def load_mnist_splits(args, smoke_test: int = 256) -> tuple[TensorData, TensorDa
 
 
 def first_n(data: TensorData, n: int) -> TensorData:
-    """The first n examples, indices 0..n-1 (the same as Subset(train, torch.arange(n))); data.index records
-    them. Also the tiny slices of --smoke runs (not class-balanced: they only check that a script runs)."""
+    """The first n examples (as Subset(train, torch.arange(n))), data.index recording them; also --smoke's slices."""
     return data.subset(torch.arange(min(n, len(data))))
 
 
@@ -108,26 +95,19 @@ MAX_SHIFT_PX, MAX_DEGREES = 2.0, 10.0  # light: a shifted or tilted digit is sti
 AFFINE = f"shifts ≤ {MAX_SHIFT_PX:g} px, rotations ≤ {MAX_DEGREES:g}°"  # Recipe.augment's name for it
 
 
-def random_affine(x: torch.Tensor, gen: torch.Generator, max_shift: float = MAX_SHIFT_PX,
-                  max_degrees: float = MAX_DEGREES) -> torch.Tensor:
-    """Light augmentation for a whole batch at once: random shifts (pixels) and rotations (degrees).
-
-    x: (B, C, H, W). One affine grid per image (F.affine_grid), bilinear resampling, zeros outside.
-    Random numbers come from `gen` (on CPU) so runs stay reproducible.
-    """
+def random_affine(x: torch.Tensor, gen: torch.Generator, max_shift=MAX_SHIFT_PX, max_degrees=MAX_DEGREES):
+    """x (B, C, H, W), each image shifted (pixels) and rotated (degrees) at random by warp, zeros outside; by `gen`."""
     b, _, h, w = x.shape
     rand = torch.rand(b, 3, generator=gen).to(x.device) * 2 - 1           # (B, 3) in [-1, 1]
     theta = rand[:, 0] * max_degrees * torch.pi / 180                       # (B,)
-    # affine_grid works in normalised coordinates [-1, 1]: a shift of s pixels is 2s/size.
-    tx, ty = rand[:, 1] * 2 * max_shift / w, rand[:, 2] * 2 * max_shift / h
+    tx, ty = rand[:, 1] * 2 * max_shift / w, rand[:, 2] * 2 * max_shift / h  # s pixels: 2s/size in [-1, 1] units
     cos, sin = theta.cos(), theta.sin()
     return warp(x, torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1))
 
 
 def warp(x: torch.Tensor, theta: torch.Tensor, size: int | None = None, padding: str = "zeros") -> torch.Tensor:
-    """Float images x (B, C, H, W), each resampled (bilinear) through its own affine map theta (B, 2, 3) from
-    output to input coordinates in [-1, 1] (F.affine_grid) -> (B, C, size, size): the core of every batched
-    augmentation here (MNIST shifts and rotations, the labs' zooms and random-resized crops)."""
+    """Float images x (B, C, H, W), each resampled (bilinear) through its own affine map theta (B, 2, 3) from output
+    to input coordinates in [-1, 1] (F.affine_grid) -> (B, C, size, size): every batched augmentation here."""
     size = size or x.shape[-1]
     grid = torch.nn.functional.affine_grid(theta.to(x), [len(x), x.shape[1], size, size], align_corners=False)
     return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
@@ -145,10 +125,8 @@ def shift_images(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     return out
 
 
-# ----------------------------------------------------------------------------- the labs' photo data
 def to_float(x: torch.Tensor, device=None) -> torch.Tensor:
-    """uint8 images (N, 3, H, W) 0..255 -> float32 in [0, 1], moved to `device` first when given (the labs
-    keep photos as uint8 and convert one batch at a time); a float tensor is only moved, not rescaled."""
+    """uint8 images (N, 3, H, W) -> float32 in [0, 1], moved to `device` first (photos stay uint8 until batched)."""
     if device is not None:
         x = x.to(device, non_blocking=True)
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x
@@ -157,11 +135,9 @@ def to_float(x: torch.Tensor, device=None) -> torch.Tensor:
 IMAGENETTE_DIR = "imagenette2-160"  # Imagenette v2, 160 px files: <data dir>/imagenette2-160/{train,val}/<wnid>/
 # The ten classes, WordNet id -> name, in the official order (sorted ids, as torchvision.datasets.Imagenette).
 IMAGENETTE_CLASSES = {
-    "n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player",
-    "n03000684": "chain saw", "n03028079": "church", "n03394916": "French horn",
-    "n03417042": "garbage truck", "n03425413": "gas pump", "n03445777": "golf ball",
-    "n03888257": "parachute",
-}
+    "n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player", "n03000684": "chain saw",
+    "n03028079": "church", "n03394916": "French horn", "n03417042": "garbage truck", "n03425413": "gas pump",
+    "n03445777": "golf ball", "n03888257": "parachute"}
 
 
 def imagenette_split(data_dir: str | Path, split: str) -> Path:
@@ -173,8 +149,7 @@ def imagenette_split(data_dir: str | Path, split: str) -> Path:
 
 
 def require_images(folder: str | Path, pattern: str, what: str) -> list[Path]:
-    """The files in `folder` matching `pattern`, sorted; a missing folder or one without a match is one
-    clear line naming the folder and `what` it should hold."""
+    """The files in `folder` matching `pattern`, sorted; no folder or no match is one line naming `what` it holds."""
     folder = Path(folder).expanduser()
     files = sorted(folder.glob(pattern)) if folder.is_dir() else []
     if not files:
@@ -183,13 +158,8 @@ def require_images(folder: str | Path, pattern: str, what: str) -> list[Path]:
 
 
 def decode_images(paths, size: int, bar=None, skipped: list | None = None) -> torch.Tensor:
-    """Image files (JPEG/PNG) -> one uint8 tensor (N, 3, size, size): the shorter side resized to `size`
-    (antialiased), then a centre crop, so nothing is distorted. Kept uint8 (12 KB per 64x64 image).
-
-    An unreadable file (corrupt, truncated, not an image) never ends in a traceback: with a `skipped` list
-    its path is appended there and the tensor holds only the decodable images, in order (the caller drops
-    their labels); without one, the first unreadable file stops the run with one line naming it.
-    """
+    """Image files -> uint8 (N, 3, size, size): shorter side resized to `size` (antialiased), centre crop. An unreadable
+    file is appended to `skipped` and left out (the caller drops its label); without `skipped` it is one error line."""
     import numpy as np
     from PIL import Image
     from torchvision.transforms.v2.functional import center_crop, resize

@@ -1,9 +1,5 @@
-"""The training loop, evaluation, checkpoints and seeds shared by the MNIST scripts and lab_cam.
-
-`fit` trains a model on in-memory TensorData with AdamW and one recipe (the `Recipe` dataclass), and
-returns one history row per epoch: train/test loss (and accuracy for classifiers), the learning rate and
-the seconds spent training (evaluation excluded), so curves can be drawn against epochs or time.
-"""
+"""The training loop shared by the MNIST scripts and lab_cam: `fit` trains on in-memory TensorData with AdamW and a
+`Recipe`, checkpoints every epoch, and returns one history row per epoch (losses, accuracies, lr, training seconds)."""
 from __future__ import annotations
 
 import math
@@ -34,11 +30,9 @@ class Recipe:
     augment: str = "none"      # "none", or data.AFFINE: random shifts and rotations of every training batch
 
     def override(self, args) -> "Recipe":
-        """This recipe with the values given on the command line (flags named like the fields)."""
-        return replace(self, **{k: v for k, v in vars(args).items() if k in NUMERIC_FIELDS})
-
-
-NUMERIC_FIELDS = ("epochs", "lr", "batch_size", "weight_decay", "eval_every")  # what flags may override
+        """This recipe with the numeric fields given on the command line (flags named like the fields)."""
+        numeric = ("epochs", "lr", "batch_size", "weight_decay", "eval_every")
+        return replace(self, **{k: v for k, v in vars(args).items() if k in numeric})
 
 
 def mean_l1(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -50,13 +44,11 @@ cross_entropy = nn.functional.cross_entropy
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """--precision auto -> "bf16" where bf16 has native kernels (a CUDA GPU that supports it, a CPU with
-    AVX512-BF16 or AMX), else "fp32": emulated bf16 is slower than fp32."""
+    """--precision auto: "bf16" where native (CUDA GPU with bf16, AVX512-BF16/AMX), else "fp32" (emulated: slower)."""
     if name != "auto":
         return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if device.type == "cpu" and native_bf16() else "fp32"
+    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else device.type == "cpu" and native_bf16()
+    return "bf16" if native else "fp32"
 
 
 def autocast(precision: str, device: torch.device):
@@ -66,8 +58,7 @@ def autocast(precision: str, device: torch.device):
 
 def train_epoch(model: nn.Module, data: TensorData, loss_fn: Callable, opt, sched, gen: torch.Generator, *,
                 batch_size: int, augment: Callable | None = None, precision: str = "fp32", bar=None) -> dict:
-    """One shuffled pass over `data` in index batches. An autoencoder (loss_fn mean_l1) reconstructs its clean
-    input; a classifier's accuracy is counted on the device, so there is no per-step .item() sync."""
+    """One shuffled pass in index batches (mean_l1: reconstruct the clean input); accuracy counted on the device."""
     model.train()
     device = next(model.parameters()).device
     reconstruct = loss_fn is mean_l1
@@ -93,10 +84,8 @@ def train_epoch(model: nn.Module, data: TensorData, loss_fn: Callable, opt, sche
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = EVAL_BATCH,
-            fn: Callable | None = None):
-    """`fn` (default: the model) over x in eval-mode batches, outputs concatenated on the CPU; an `fn`
-    returning a tuple gives a tuple of tensors. uint8 photos go in as stored (the model converts them)."""
+def predict(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = EVAL_BATCH, fn=None):
+    """`fn` (default: the model) over x in eval-mode batches, concatenated on the CPU (a tuple-valued fn: a tuple)."""
     model.eval()
     outs = [(fn or model)(x[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)]
     if isinstance(outs[0], tuple):
@@ -120,26 +109,22 @@ def evaluate(model: nn.Module, data: TensorData, loss_fn: Callable, batch_size: 
     return {"loss": loss_sum / len(data)} if reconstruct else {"loss": loss_sum / len(data), "acc": correct / len(data)}
 
 
-# ----------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path: Path, model: nn.Module, **extra) -> None:
-    """Atomic save of the weights and the architecture config. `extra` holds only tensors and plain values:
-    checkpoints are read back with torch.load(weights_only=True), which refuses anything else."""
+    """Atomic save of the weights and architecture config; `extra`: tensors and plain values (weights_only loads)."""
     ckpt = {"arch": getattr(model, "config", None), "model": model.state_dict(), **extra}
     atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
 
 
 def load_checkpoint(path: Path, model: nn.Module) -> dict:
-    """Load weights into `model`; an unreadable file or one of another architecture is one clear line.
-    weights_only=True: unpickling arbitrary objects would let a checkpoint file run code."""
+    """Load weights into `model` (weights_only: a checkpoint must not run code); a bad one is one clear line."""
+    redo = "delete it, and the run that needs it trains it again"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # empty or truncated file, random bytes, a pickle of disallowed objects
         why = describe_exception(exc).split(". ")[0]  # torch's advice to load with weights_only=False: not ours
-        raise UserError(f"cannot read checkpoint {path} ({why}); delete it, and the run that needs it trains "
-                        f"it again") from None
+        raise UserError(f"cannot read checkpoint {path} ({why}); {redo}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise UserError(f"{path} is not a checkpoint of this project; delete it, and the run that needs it "
-                        f"trains it again")
+        raise UserError(f"{path} is not a checkpoint of this project; {redo}")
     want = getattr(model, "config", None)
     if ckpt.get("arch") != want:
         raise UserError(f"checkpoint {path} was saved for architecture {ckpt.get('arch')}, but this run builds "
@@ -157,9 +142,8 @@ def recipe_differences(ckpt: dict, recipe, train_size: int) -> str:
 
 def load_or_fit(path: Path, model: nn.Module, what: str, recipe: Recipe, train: TensorData, test: TensorData, *,
                 seed: int, loss_fn: Callable = cross_entropy) -> nn.Module:
-    """`model` (built right after seeding) from the checkpoint at `path`, or trained there first with its own
-    script's `recipe` and `seed`. A checkpoint of an unfinished run or of another recipe is the user's:
-    refused in one line, neither used nor overwritten."""
+    """`model` (built right after seeding) from the checkpoint at `path`, or trained there first with its script's
+    `recipe` and `seed`. An unfinished run's or another recipe's checkpoint is the user's: refused, not overwritten."""
     if not Path(path).exists():
         print(f"{path} not found: training {what} first (with its own script's recipe)")
         fit(model, train, test, recipe, gen=seed_everything(seed), loss_fn=loss_fn, ckpt_path=path)
@@ -168,18 +152,15 @@ def load_or_fit(path: Path, model: nn.Module, what: str, recipe: Recipe, train: 
     if ckpt.get("epoch", 0) < recipe.epochs:
         raise UserError(f"{path} holds an unfinished run of {what} (epoch {ckpt.get('epoch')} of {recipe.epochs}); "
                         f"finish it with its script's --resume, or delete it to have it trained here")
-    diff = recipe_differences(ckpt, recipe, len(train))
-    if diff:
+    if diff := recipe_differences(ckpt, recipe, len(train)):
         raise UserError(f"{path} holds {what} trained with {diff}; delete it to have it trained here with this "
                         f"run's recipe, or pass another --runs-dir")
     print(f"loaded {what} from {path}")
     return model
 
 
-# ----------------------------------------------------------------------------- TensorBoard
 class TensorBoardLog:
-    """A run's history as TensorBoard scalars (`train_loss` -> `loss/train`, `test_acc` -> `acc/test`), one
-    point per epoch; `close` adds the recipe as hparams with the last row's metrics (the HPARAMS tab)."""
+    """A run's history as TensorBoard scalars (`train_loss` -> `loss/train`); `close` adds the HPARAMS tab's record."""
 
     def __init__(self, log_dir: Path):
         from torch.utils.tensorboard import SummaryWriter  # lazy: only with --tensorboard
@@ -211,24 +192,19 @@ def tensorboard_dir(args, script: str, runs_dir: Path | None = None) -> Path | N
     return root / "tb" / script / time.strftime("%Y%m%d-%H%M%S")
 
 
-# ----------------------------------------------------------------------------- fit
 def make_optimizer(model: nn.Module, recipe: Recipe, params, steps_per_epoch: int):
-    """AdamW over the trainable parameters (or the given groups, e.g. a slower pre-trained encoder), and
-    the one-cycle schedule stepped once per batch (None for a constant rate)."""
+    """AdamW over the trainable parameters (or the given groups), and the one-cycle schedule per batch (or None)."""
     groups = params if params is not None else [p for p in model.parameters() if p.requires_grad]  # frozen: none
     opt = torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    if recipe.schedule == "constant":
-        return opt, None
-    return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, epochs=recipe.epochs,
-                                                    steps_per_epoch=steps_per_epoch)
+    return opt, (None if recipe.schedule == "constant" else torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=recipe.lr, epochs=recipe.epochs, steps_per_epoch=steps_per_epoch))
 
 
 def fit(model: nn.Module, train: TensorData, test: TensorData, recipe: Recipe, *, gen: torch.Generator,
         loss_fn: Callable = cross_entropy, augment: Callable | None = None, params=None, precision: str = "fp32",
         ckpt_path: Path | None = None, resume: bool = False, tb_dir: Path | None = None) -> list[dict]:
-    """Train `model` (already on its device) with `recipe`; the per-epoch history. augment: (x, gen) -> x, by
-    default random_affine when the recipe says so; params: groups with their own lr. With `ckpt_path` the
-    weights, optimiser and RNG states are saved after every epoch, and `resume` continues from there."""
+    """Train `model` (on its device) with `recipe`; the per-epoch history. augment: (x, gen) -> x, default the recipe's;
+    params: AdamW groups with own lr. `ckpt_path`: weights, optimiser, RNG states after every epoch, for `resume`."""
     model.to(memory_format=torch.channels_last)  # NHWC activations: oneDNN's faster CPU conv kernels
     augment = augment or (random_affine if recipe.augment == AFFINE else None)
     steps = -(-len(train) // recipe.batch_size)
@@ -236,8 +212,7 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, recipe: Recipe, *
     history, desc = [], Path(ckpt_path).stem if ckpt_path else "train"
     if resume and ckpt_path is not None and Path(ckpt_path).exists():
         ckpt = load_checkpoint(ckpt_path, model)
-        diff = recipe_differences(ckpt, recipe, len(train))
-        if diff:
+        if diff := recipe_differences(ckpt, recipe, len(train)):
             raise UserError(f"cannot resume from {ckpt_path}: it was trained with {diff}. Rerun with its "
                             f"settings, or delete it (or drop --resume) to start over")
         opt.load_state_dict(ckpt["optimizer"])

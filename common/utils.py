@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-REPORT_DIR = REPO_ROOT / "report"
 RUNS_DIR = REPO_ROOT / "runs"  # checkpoints; git-ignored
 
 
@@ -29,43 +28,36 @@ class UserError(RuntimeError):
 
 
 def run_main(main) -> None:
-    """The scripts' entry point: a UserError exits with 'error: ...' and status 1, Ctrl-C with one line and
-    status 130 (128 + SIGINT, as a shell reports it)."""
+    """The scripts' entry point: UserError -> 'error: ...' and status 1, Ctrl-C -> one line, 130 (128 + SIGINT)."""
     try:
         main()
     except UserError as e:
         raise SystemExit(f"error: {e}") from None
-    except KeyboardInterrupt:
-        # checkpoints are written after every finished epoch, so nothing more needs saving here
+    except KeyboardInterrupt:  # checkpoints are written after every finished epoch: nothing more to save here
         print("\ninterrupted; resume with --resume (continues after the last finished epoch)", file=sys.stderr)
         raise SystemExit(130) from None
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed python, numpy and torch; return a CPU generator for shuffling and augmentation, so the data
-    order does not depend on how many random numbers model initialisation consumed."""
+    """Seed python, numpy and torch; a CPU generator for shuffling and augmentation, independent of model init."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    # warn_only: a few CUDA kernels have no deterministic version; on CPU everything used here does.
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(True, warn_only=True)  # warn_only: a few CUDA kernels have no deterministic one
     return torch.Generator().manual_seed(seed)
 
 
 def pick_device(name: str = "auto") -> torch.device:
     """'auto' picks cuda, then mps, then cpu; an explicit name must be available."""
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": mps}
-    if name == "auto":
-        return torch.device("cuda" if available["cuda"] else "mps" if mps else "cpu")
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    name = next(n for n, ok in available.items() if ok) if name == "auto" else name
     if not available[name]:
         raise UserError(f"--device {name} requested but it is not available on this machine (try --device auto)")
     return torch.device(name)
 
 
 def native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): elsewhere bf16 is emulated and
-    about 10x slower than fp32. torch's get_cpu_capability() only says AVX2/AVX512, hence torch.cpu's probes."""
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX; emulated: ~10x slower), by torch.cpu's probes."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, p, lambda: False)() for p in probes)
 
@@ -82,8 +74,7 @@ def machine() -> dict:
 
 
 def provenance(device: torch.device, precision: str = "fp32") -> dict:
-    """What made a result: the code's commit (dirty: tracked .py files differed from it), the machine, the
-    device and the precision. Results are reproducible per commit and CPU kind, not across kinds."""
+    """What made a result (reproducible per commit and CPU kind): commit (dirty: .py files differ), machine, device."""
     def git(*cmd: str) -> str:
         try:
             out = subprocess.run(["git", *cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
@@ -95,20 +86,16 @@ def provenance(device: torch.device, precision: str = "fp32") -> dict:
     return {"commit": commit, "dirty": dirty, **machine(), "device": str(device), "precision": precision}
 
 
-# ----------------------------------------------------------------------------- command line
-def number(kind=float, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False):
-    """An argparse type: a finite int or float in [lo, hi] ((lo, hi] with lo_open); anything else is one
-    clear line from argparse, never a traceback or a NaN run."""
+def number(kind=float, lo: float = -math.inf, hi: float = math.inf, *, lo_open: bool = False):
+    """An argparse type: a finite int or float in [lo, hi] ((lo, hi] with lo_open), else one line from argparse."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
-        low_ok = lo is None or (value > lo if lo_open else value >= lo)
-        if not (math.isfinite(value) and low_ok and (hi is None or value <= hi)):
-            lo_s = "-inf" if lo is None else f"{lo:g}"
-            hi_s = "inf" if hi is None else f"{hi:g}"
-            raise argparse.ArgumentTypeError(f"must be in {'(' if lo_open else '['}{lo_s}, {hi_s}], got {text}")
+        low_ok = value > lo if lo_open else value >= lo
+        if not (math.isfinite(value) and low_ok and value <= hi):
+            raise argparse.ArgumentTypeError(f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {text}")
         return value
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
@@ -120,43 +107,31 @@ fraction = number(float, 0.0, 1.0)
 learning_rate = number(float, 0.0, 1.0, lo_open=True)  # larger ones only produce NaN losses here
 
 
-def add_common_args(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, lr: float,
-                    schedule: str = "onecycle", runs_dir: bool = True, resume: bool = True,
-                    threads: int = 0) -> argparse.ArgumentParser:
-    """The flags every experiment script shares, with the script's own recipe as defaults. `schedule`: how the
-    learning rate moves; `runs_dir`: the script reads or writes checkpoints; `resume`: it can continue an
-    interrupted run."""
+def add_common_args(parser: argparse.ArgumentParser, *, epochs: int, batch_size: int, lr: float, schedule="onecycle",
+                    runs_dir: bool = True, resume: bool = True, threads: int = 0) -> argparse.ArgumentParser:
+    """The flags every script shares, its recipe as defaults; runs_dir / resume: it keeps / can continue checkpoints."""
     g = parser.add_argument_group("common")
     g.add_argument("--epochs", type=positive_int, default=epochs, help=f"training epochs (default {epochs})")
-    g.add_argument("--batch-size", type=positive_int, default=batch_size,
-                   help=f"mini-batch size (default {batch_size})")
+    g.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"batch size (default {batch_size})")
     what = "peak learning rate of the one-cycle schedule" if schedule == "onecycle" else "constant learning rate"
     g.add_argument("--lr", type=learning_rate, default=lr, help=f"{what} (default {lr:g})")
     g.add_argument("--seed", type=seed_int, default=0, help="random seed of the training run (default 0)")
     add_io_args(g)
     if runs_dir:
-        g.add_argument("--runs-dir", type=Path, default=None,
-                       help="checkpoint folder (default: runs/, or <out-dir>/runs with --smoke)")
+        g.add_argument("--runs-dir", type=Path, help="checkpoint folder (default runs/, with --smoke <out-dir>/runs)")
     if resume:
         g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --runs-dir")
-    g.add_argument("--tensorboard", action="store_true",
-                   help="also log per-epoch scalars to <runs dir>/tb/<script>/<time> "
-                        "(view: tensorboard --logdir runs/tb)")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                   help="compute device (default: auto = cuda > mps > cpu)")
-    g.add_argument("--threads", type=seed_int, default=threads,
-                   help=f"torch CPU threads; 0 = torch's choice (default {threads})")
-    g.add_argument("--smoke", action="store_true",
-                   help="tiny data slice and 1-2 epochs, written to a temp dir: checks that the script runs")
+    g.add_argument("--tensorboard", action="store_true", help="also log per-epoch scalars to <runs dir>/tb/<script>/")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto: cuda > mps > cpu")
+    g.add_argument("--threads", type=seed_int, default=threads, help=f"CPU threads, 0 = torch's (default {threads})")
+    g.add_argument("--smoke", action="store_true", help="1-2 epochs on a tiny slice into a temp dir: checks it runs")
     return parser
 
 
 def add_io_args(group) -> None:
     """--data-dir and --out-dir, for every script (python -m common.bench too)."""
-    group.add_argument("--data-dir", default=os.environ.get("DATA_DIR", "./data"),
-                       help="dataset root (default: $DATA_DIR, else ./data)")
-    group.add_argument("--out-dir", type=Path, default=None,
-                       help="where figures/ and results/ go (default: report/, or a temp dir with --smoke)")
+    group.add_argument("--data-dir", default=os.environ.get("DATA_DIR", "./data"), help="default $DATA_DIR, or ./data")
+    group.add_argument("--out-dir", type=Path, help="for figures/, results/ (default report/, --smoke: a temp dir)")
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, hidden: bool = True) -> None:
@@ -171,13 +146,12 @@ def add_model_args(parser: argparse.ArgumentParser, *, hidden: bool = True) -> N
 def setup(args: argparse.Namespace) -> tuple[Path, Path, Path, torch.device]:
     """(figures_dir, results_dir, runs_dir, device) of a run, and its CPU threads set. --smoke never writes
     over the committed report/; an --out-dir that is a file is one clear line."""
-    out = args.out_dir or REPORT_DIR
+    out = args.out_dir or REPO_ROOT / "report"
     if args.smoke and args.out_dir is None:  # a temp folder, removed at exit: smoke runs only check a script runs
         out = Path(tempfile.mkdtemp(prefix="smoke_"))
         atexit.register(shutil.rmtree, out, ignore_errors=True)
     runs = getattr(args, "runs_dir", None) or (out / "runs" if args.smoke else RUNS_DIR)
-    dirs = (out / "figures", out / "results") + ((runs,) if hasattr(args, "runs_dir") else ())
-    for d in dirs:
+    for d in (out / "figures", out / "results", *([runs] if hasattr(args, "runs_dir") else [])):
         try:
             d.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:
@@ -188,17 +162,13 @@ def setup(args: argparse.Namespace) -> tuple[Path, Path, Path, torch.device]:
     return out / "figures", out / "results", runs, pick_device(getattr(args, "device", "auto"))
 
 
-# ----------------------------------------------------------------------------- results
 def _jsonable(obj):
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        try:
-            return str(obj.resolve().relative_to(REPO_ROOT))
-        except ValueError:
-            return str(obj)
+    if isinstance(obj, Path):  # relative to the repository where possible: the same JSON on every checkout
+        return str(obj.resolve().relative_to(REPO_ROOT)) if obj.resolve().is_relative_to(REPO_ROOT) else str(obj)
     if isinstance(obj, torch.Tensor):
         return _jsonable(obj.tolist())
     if isinstance(obj, np.generic):
@@ -209,8 +179,7 @@ def _jsonable(obj):
 
 
 def atomic_write(path: Path, write) -> Path:
-    """Write a file all at once or not at all: `write(tmp)` fills a temp file next to `path`, which then
-    replaces it (os.replace), so a crash never leaves a half-written result or checkpoint. Mode 0644."""
+    """Write `path` all at once or not at all (a crash leaves no half file): `write(tmp)` fills a temp file first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -227,8 +196,7 @@ def atomic_write(path: Path, write) -> Path:
 
 def write_json_atomic(path: Path, obj) -> Path:
     """`obj` as indented JSON (tensors as lists, floats to 6 decimals), written atomically."""
-    text = json.dumps(_jsonable(obj), indent=1) + "\n"
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(_jsonable(obj), indent=1) + "\n"))
 
 
 def run_config(args: argparse.Namespace) -> dict:

@@ -1,4 +1,4 @@
-"""Bad input ends in one line, never a traceback or a wrong result (issues 15 and 'defences in proportion').
+"""Bad input ends in one line, never a traceback or a wrong result (defences in proportion).
 
 One case per distinct failure path. Most run in-process: a script's main() through its own entry point
 (common.utils.run_main), or the common/ function that rejects the input. The `slow` ones run a real
@@ -123,7 +123,7 @@ def test_unreadable_image_is_skipped_and_counted_or_one_line(tmp_path, capsys):
     ("ex2_classifier.py", "--hidden", "0", "argument --hidden: must be in [1, inf], got 0"),
     ("ex4_few_shot.py", "--weight-decay", "inf", "argument --weight-decay: must be in [0, inf], got inf"),
     ("ex5_finetune.py", "--encoder-lr-ratio", "nan", "argument --encoder-lr-ratio: must be in [0, 1], got nan"),
-    ("ex4_few_shot.py", "--n-train", "100", "unrecognized arguments: --n-train 100"),  # a flag renamed since
+    ("ex4_few_shot.py", "--n-train", "100", "unrecognized arguments: --n-train 100"),  # an unknown flag
 ])
 def test_flag_value_out_of_range_is_argparse_usage_and_one_line(capsys, script, flag, value, expect):
     with pytest.raises(SystemExit) as exit_:

@@ -194,8 +194,9 @@ def test_smoke_run(tmp_path):
     figs = tmp_path / "figures"
     parts = -(-len(res["classes"]) // lab_cam.OVERVIEW_CLASSES)
     overviews = [f"lab_cam_overview_{k}.png" for k in range(1, parts + 1)]
-    for name in [*overviews, "lab_cam_curves.png", "lab_cam_gradcam.png"]:
+    for name in [*overviews, "lab_cam_gradcam.png"]:
         assert_figure(figs / name)
+    assert (figs / "lab_cam_curves.pdf").read_bytes().startswith(b"%PDF")  # curves: vector
     assert not (figs / f"lab_cam_overview_{parts + 1}.png").exists()
     examples = sorted((figs / "cam").glob("*.png"))
     assert len(examples) == len(res["examples"]) > 0  # one file per example recorded, no stale ones

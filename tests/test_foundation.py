@@ -201,6 +201,24 @@ def test_to_float_scales_uint8_and_leaves_floats_alone():
     assert to_float(f) is f
 
 
+def test_curve_plots_are_reproducible_vector_pdfs_with_integer_epochs(tmp_path, monkeypatch):
+    from common import plots
+    hist = [{"epoch": e, "train_loss": 1 / e, "test_loss": 1.2 / e} for e in (1, 2, 3)]
+    paths = [plots.plot_curves({"a": hist}, tmp_path / d / "c.png", "t", metrics=(("loss", "loss"),)) for d in "ab"]
+    assert [p.name for p in paths] == ["c.pdf", "c.pdf"]  # the same stem, as a PDF
+    a, b = (p.read_bytes() for p in paths)
+    assert a.startswith(b"%PDF") and a == b  # no creation date: the same figure gives the same file
+    assert b"/FontFile2" in a                 # TrueType embedded: the text stays text in print
+    figs = []
+    monkeypatch.setattr(plots, "save", lambda fig, path, vector=False: figs.append(fig) or path)
+    for rows in (hist, hist[:1]):  # 3 epochs, and a 1-epoch smoke run
+        plots.plot_curves({"a": rows}, tmp_path / "c.png", "t", metrics=(("loss", "loss"),))
+        ax = figs[-1].axes[0]
+        lo, hi = ax.get_xlim()
+        shown = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert shown and all(t == int(t) for t in shown), shown  # no epoch 2.5
+
+
 def test_write_json_atomic_leaves_no_temp_files(tmp_path):
     p = write_json_atomic(tmp_path / "r.json", {"a": 1.23456789, "t": torch.tensor([1, 2])})
     assert json.loads(p.read_text()) == {"a": 1.234568, "t": [1, 2]}
@@ -225,8 +243,8 @@ def test_ex1_smoke_writes_results_and_figures_deterministically(tmp_path):
     assert r["latent_dim"] == 12 and set(r["variants"]) == {"conv", "conv_fc"}
     assert all(v["latent_shape"] == [12] for v in r["variants"].values())
     assert r["pca_test_l1"] > 0 and len(r["history"]["conv"]) == 1
-    for f in ["ex1_reconstructions.png", "ex1_loss.png"]:
-        assert_figure(tmp_path / "a" / "figures" / f)
+    assert_figure(tmp_path / "a" / "figures" / "ex1_reconstructions.png")
+    assert (tmp_path / "a" / "figures" / "ex1_loss.pdf").read_bytes().startswith(b"%PDF")  # curves: vector
     run_script("ex1_autoencoder.py", tmp_path / "b")  # same seed on CPU -> identical results JSON
     assert _strip_times(load_result(tmp_path / "b", "ex1")) == _strip_times(r)
 
@@ -250,8 +268,8 @@ def test_ex2_smoke_writes_results_and_figures(tmp_path):
     r = load_result(tmp_path, "ex2")
     assert 0 <= r["test_acc"] <= 1 and set(r["baselines"]) == {"lab2_cnn", "lab_mlp", "skip_mlp"}
     assert all("test_acc" in b for b in r["baselines"].values())
-    for f in ["ex2_curves.png", "ex2_baselines.png"]:
-        assert_figure(tmp_path / "figures" / f)
+    for f in ["ex2_curves.pdf", "ex2_baselines.pdf", "ex2_shift.pdf"]:  # curve plots: vector
+        assert (tmp_path / "figures" / f).read_bytes().startswith(b"%PDF"), f
 
 
 def test_collapse_detector_flags_constant_and_black_outputs():
