@@ -60,8 +60,6 @@ def get_args(argv=None) -> tuple[argparse.Namespace, CamRecipe]:
             ("--weight-decay", number(float, 0), CamRecipe.weight_decay, "AdamW weight decay"),
             ("--gradcam-images", positive_int, 200, "val images on which CAM and Grad-CAM are compared")):
         p.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="bf16 autocast or fp32 training steps; eval and CAMs stay fp32 (default auto: bf16 if native)")
     args = p.parse_args(argv)
     if args.val_size > args.img_size:
         p.error(f"--val-size {args.val_size} > --img-size {args.img_size}")
@@ -183,7 +181,7 @@ def write_figures(ev: dict, val: TensorData, names: list[str], hist, fig_dir) ->
 def main(argv=None) -> dict:
     args, recipe = get_args(argv)
     fig_dir, res_dir, runs_dir, device = utils.setup(args)
-    t_start, precision = time.perf_counter(), resolve_precision(args.precision, device)
+    t_start, precision = time.perf_counter(), resolve_precision(args.precision, device, "cam")
     data = load_data(args.data_dir, recipe, SMOKE_PER_CLASS if args.smoke else None)
     train, val, names, skipped = data["train"], data["val"], data["names"], data["skipped"]
     print(f"lab_cam: {len(train)} train + {len(val)} val images in {data['load_time_s']:.1f} s; {device}, {precision}")

@@ -1,12 +1,18 @@
-"""MIT 6.S191 Lab 2 part 2: debiasing a face detector with a DB-VAE (Amini et al., AIES 2019), in PyTorch.
+"""MIT 6.S191 Lab 2 part 2 in PyTorch: where a face detector's skin-tone gap comes from, and when the DB-VAE's
+resampling (Amini et al., AIES 2019, Algorithm 1) removes it.
 
-Per seed, three face detectors learn from the same data in the same order, with few dark-skinned faces (default
-20 of 2,000): the lab's CNN, the DB-VAE (which draws faces inversely to the density of their latent means,
-Algorithm 1, without race labels) and a control without dark faces. Tests per group (light/dark, female/male):
-held-out UTKFace faces, aligned and jittered, and the lab's MIT faces. Primary endpoint: the group variance of
-the jittered detection rate at 99 % non-face rejection, DB-VAE vs standard CNN over paired seeds.
+Per paired seed, nine detectors learn the lab's task (UTKFace faces vs Imagenette non-faces) from the same initial
+weights, non-faces, batch order and augmentation; only the training faces and how they are drawn differ:
+  dose    the lab's CNN with 0, 1, 10 and 50 % dark-skinned training faces: is the gap a matter of how many?
+  oracle  at 1 %: the DB-VAE (draws faces inversely to their latent density, no labels) and an oracle drawing dark
+          and light faces equally often from the true labels: how much of what resampling can close does it close?
+  rare    the 1 % arms again with 1 % of the faces underexposed (dim), a feature the VAE must encode to reconstruct
+Tests: held-out UTKFace faces per group (light/dark x female/male), jittered, and a dimmed copy of them; the lab's
+MIT faces; all at the threshold rejecting 99 % of jittered held-out non-faces. Endpoints are gaps in detection points,
+paired over seeds: one primary endpoint per question (PRIMARY), the others Holm-adjusted. The trained DB-VAEs'
+sampling mass on the rare faces is recomputed over a grid of Algorithm 1's smoothing alpha and bins (no retraining).
 
-    python lab_dbvae.py [--smoke]    # report/figures/lab_dbvae_*.png, report/results/lab_dbvae.json"""
+    python lab_dbvae.py [--quick | --smoke]   # report/figures/lab_dbvae_*.pdf, report/results/lab_dbvae.json"""
 from __future__ import annotations
 
 import argparse
@@ -17,17 +23,29 @@ import time
 from collections import namedtuple
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from statistics import fmean
 
+import numpy as np
 import torch
-from scipy.stats import rankdata
+from scipy import stats as sps
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import cross_val_score
 from tqdm.auto import tqdm
 
 from common import dbvae, stats, utils
 from common.data import IMAGENETTE_CLASSES, decode_images, imagenette_split, require_images
-from common.dbvae import AUGMENT, DBVAE, IMAGE_SHAPE, StandardCNN, dbvae_loss, sampling_probabilities
+from common.dbvae import AUGMENT, DBVAE, IMAGE_SHAPE, StandardCNN, dbvae_loss
 from common.plots import plt, save
-from common.train import TensorBoardLog, load_checkpoint, predict, save_checkpoint, tensorboard_dir
+from common.train import (
+    TensorBoardLog,
+    autocast,
+    load_checkpoint,
+    predict,
+    resolve_precision,
+    save_checkpoint,
+    tensorboard_dir,
+)
 from common.utils import UserError, add_common_args, run_main, seed_everything, setup, write_results
 
 
@@ -47,52 +65,113 @@ class Recipe:
     alpha: float = flag(1e-3, utils.number(float, 0, lo_open=True), "smoothing of Algorithm 1's latent histograms")
     bins: int = flag(10, utils.positive_int, "histogram bins per latent dimension")
     combine: str = flag("max", str, "per-dimension weights: max (the lab's) or product", choices=["max", "product"])
-    train_faces: int = flag(2000, utils.positive_int, "training faces")  # 8 seeds x 3 models: 15 min on 2 CPU cores
-    dark_fraction: float = flag(0.01, utils.fraction, "share of dark-skinned faces among the training faces")
-    test_per_group: int = flag(1000, utils.positive_int, "held-out UTKFace faces per group, or as many as exist")
+    train_faces: int = flag(2000, utils.positive_int, "training faces of every arm")
+    dark_fraction: float = flag(0.01, utils.fraction, "share of dark-skinned faces in the resampling arms")
+    dose_fractions: tuple = flag((0.0, 0.1, 0.5), utils.fraction, "further dark shares for the standard CNN", nargs="+")
+    dim_fraction: float = flag(0.01, utils.fraction, "share of (light) faces underexposed in the rare-feature arms")
+    test_per_group: int = flag(500, utils.positive_int, "held-out UTKFace faces per group, or as many as exist")
     augment: bool = flag(True, None, "random shift/zoom/rotation", action=argparse.BooleanOptionalAction)
-    split_seed: int = flag(0, utils.seed_int, "seed of the UTKFace train/test split, the same for every seed")
+    split_seed: int = flag(0, utils.seed_int, "seed of the UTKFace train/test split and of the dim faces")
     jitter_seed: int = flag(1234, utils.seed_int, "seed of the fixed jittered test copy")
     smoke: bool = False   # a slice of the data that runs in seconds
+    precision: str = "auto"  # of the training steps: --precision, resolved in main() to bf16 where it pays or fp32
 
 
-N_SEEDS = 8  # paired training seeds: the fewest for which an exact sign-flip test reaches p < 0.01
-# --smoke: 64 training faces, at least 4 of them dark so that every code path runs; 8 test faces per group
-SMOKE_FACES, SMOKE_MIN_DARK, SMOKE_TEST_PER_GROUP = 64, 4, 8
+N_SEEDS = 10  # paired training seeds: 9 arms x 10 seeds take ~12 of the 15 min on 2 idle CPU cores
+QUICK_SEEDS, QUICK_EPOCHS, QUICK_FACES = 3, 1, 1000  # --quick: minutes, for iterating on the code
+# --smoke: 64 training faces, at least 4 of them dark (and 4 dim) so that every code path runs
+SMOKE_FACES, SMOKE_MIN_RARE, SMOKE_TEST_PER_GROUP = 64, 4, 8
 SMOKE_NEGS, SMOKE_MIT_PER_GROUP = (64, 32), 4  # non-faces (train, test) and MIT faces per group
 # group -> (race, gender) in UTKFace names: race 0 White = light, 1 Black = dark (annotators' labels); gender 1 female
 GROUPS = {"LF": (0, 1), "LM": (0, 0), "DF": (1, 1), "DM": (1, 0)}
 LIGHT, DARK = 0, 1
 NEG_CLASSES = {w: IMAGENETTE_CLASSES[w] for w in ("n02979186", "n03028079", "n03417042", "n03425413",
                                                   "n03445777", "n03888257")}  # Imagenette without people
-MODEL_NAMES = {"standard": "standard CNN", "dbvae": "DB-VAE", "standard_nodark": "standard CNN, 0 % dark faces"}
-TEST_SET_NAMES = {"aligned": "UTKFace held-out, aligned", "jittered": "UTKFace held-out, jittered",
-                  "mit": "MIT 6.S191 test faces"}
 REJECT = 0.99  # the detection threshold rejects this share of the held-out non-faces
-# one trained model: rows per epoch, test set -> group_metrics, parameter count, the DB-VAE's last p (Nf,) or None
-Run = namedtuple("Run", ["history", "metrics", "params", "p_faces"])
-# uint8 (N, 3, 64, 64) train {model: faces}, train_negs, tests {name: {group: faces, "negs": ...}}; race (N,); info
-LabData = namedtuple("LabData", ["train", "train_negs", "race", "tests", "info"])
+EXPOSURE = 0.25  # dim faces: pixel values x 1/4 (two stops under); the lab's CNN detects them ~40 points less often
+ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # Algorithm 1's smoothing, around the lab's 1e-3 up to a near-uniform p
+BIN_COUNTS = (5, 10, 20, 40)            # histogram bins per latent dimension, around the lab's 10
+POWER = 0.8  # for the minimal detectable effect of each endpoint
+RULES = ("max", "product")  # Algorithm 1's ways to combine the latent dimensions (common.dbvae.sampling_probabilities)
+PROBE_FOLDS, PROBE_ITERS = 5, 1000  # the linear probe of the latents: stratified folds, L-BFGS iterations
+GAP, MIT_GAP, DIM_GAP = "jittered/dark_gap", "mit/dark_gap", "dim/dim_gap"  # endpoint metrics: "test set/key"
+# the primary endpoint of each question, fixed before any run; an endpoint is a per-seed difference a - b (endpoints())
+PRIMARY = {"dose": "dose_gap_low_minus_high", "dbvae": "gap_reduction_dbvae", "oracle": "gap_reduction_oracle",
+           "rare": "dim_gap_reduction_dbvae"}
+# an arm: network (cnn/dbvae), face sampler (None: shuffled passes, latent: Algorithm 1, oracle: true labels), dark
+# and dim shares of its faces, which faces the oracle balances and the sampling mass is measured on
+Arm = namedtuple("Arm", ["net", "sampler", "dark", "dim", "rare"])
+# one trained arm: rows per epoch, test set -> group_metrics, parameter count, the DB-VAE's latent_diagnostics or None
+Run = namedtuple("Run", ["history", "metrics", "params", "mass"])
+# uint8 (N, 3, 64, 64) light and dark training pools, train non-faces, tests {set: {group: faces}}, test non-faces
+LabData = namedtuple("LabData", ["light", "dark", "train_negs", "tests", "test_negs", "info"])
 
 
 def get_args(argv=None) -> tuple[argparse.Namespace, Recipe]:
-    """The command line and its Recipe; --smoke: one epoch, two seeds and a slice of the data."""
+    """The command line and its Recipe; --smoke: one epoch, two seeds and a slice of the data; --quick: a small run."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # 1 thread: batch-32 convs gain little from a 2nd; on a shared 2-core machine 2 threads were ~10x slower
     add_common_args(p, epochs=Recipe.epochs, batch_size=Recipe.batch_size, lr=Recipe.lr, schedule="constant", threads=1)
     p.add_argument("--seeds", type=utils.seed_int, nargs="+", help=f"paired seeds (default: {N_SEEDS} from --seed on)")
-    p.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
-                   help="also train the 0 %%-dark standard CNN control (default %(default)s)")
+    p.add_argument("--quick", action="store_true", help=f"{QUICK_SEEDS} seeds, {QUICK_EPOCHS} epoch, {QUICK_FACES} "
+                   "training faces, in runs/lab_dbvae_quick/ unless --out-dir: a run for iterating")
     for f in [f for f in fields(Recipe) if f.metadata]:  # the Recipe fields with a flag of their own
         p.add_argument("--" + f.name.replace("_", "-"), default=f.default, **f.metadata)
     args = p.parse_args(argv)
     args.seeds = args.seeds or list(range(args.seed, args.seed + N_SEEDS))
+    args.dose_fractions = tuple(args.dose_fractions)  # a Recipe is hashable and compares equal to the defaults
     if args.smoke:  # two seeds, the fewest for a paired comparison
         args.epochs, args.seeds = 1, args.seeds[:2]
+    elif args.quick:
+        args.epochs, args.seeds, args.train_faces = QUICK_EPOCHS, args.seeds[:QUICK_SEEDS], QUICK_FACES
+        args.out_dir = args.out_dir or utils.RUNS_DIR / "lab_dbvae_quick"
+        args.runs_dir = args.runs_dir or args.out_dir / "runs"
+    if args.dark_fraction + args.dim_fraction > 1:
+        p.error("--dark-fraction + --dim-fraction must be at most 1: the dim faces are light ones")
     r = Recipe(**{f.name: getattr(args, f.name) for f in fields(Recipe)})
-    n_dark = max(round(r.dark_fraction * SMOKE_FACES), SMOKE_MIN_DARK)  # --smoke keeps a few dark faces
-    smoke = dict(train_faces=SMOKE_FACES, dark_fraction=n_dark / SMOKE_FACES, test_per_group=SMOKE_TEST_PER_GROUP)
-    return args, replace(r, **smoke) if r.smoke else r
+    few = {k: max(round(getattr(r, k) * SMOKE_FACES), SMOKE_MIN_RARE) / SMOKE_FACES  # --smoke keeps a few rare faces
+           for k in ("dark_fraction", "dim_fraction")}
+    return args, replace(r, train_faces=SMOKE_FACES, test_per_group=SMOKE_TEST_PER_GROUP, **few) if r.smoke else r
+
+
+def dose_fractions(r: Recipe) -> list[float]:
+    """The dark shares of the standard CNN's dose-response, the resampling arms' one among them."""
+    return sorted({*r.dose_fractions, r.dark_fraction})
+
+
+def dose_arm(r: Recipe, fraction: float) -> str:
+    """The arm of the standard CNN at a dark share: "standard" at dark_fraction, shared with the other questions."""
+    return "standard" if fraction == r.dark_fraction else f"standard_dark{fraction:g}"
+
+
+def make_arms(r: Recipe) -> dict[str, Arm]:
+    """name -> Arm: the standard CNN per dark share, the resampling trio at dark_fraction, the trio with dim faces."""
+    trio = {"standard": Arm("cnn", None, r.dark_fraction, 0.0, "dark"),
+            "dbvae": Arm("dbvae", "latent", r.dark_fraction, 0.0, "dark"),
+            "oracle": Arm("cnn", "oracle", r.dark_fraction, 0.0, "dark")}
+    dose = {dose_arm(r, f): Arm("cnn", None, f, 0.0, "dark") for f in dose_fractions(r)}
+    return {**dose, **trio, **{f"{k}_dim": a._replace(dim=r.dim_fraction, rare="dim") for k, a in trio.items()}}
+
+
+def endpoints(r: Recipe) -> dict[str, tuple]:
+    """name -> (metric, arm a, arm b): a per-seed difference a - b in points (b None: a itself). A gap reduction is
+    the standard arm's gap minus the resampler's; PRIMARY names the primary ones, the rest are secondary."""
+    high = dose_arm(r, max(dose_fractions(r)))
+    ends = {"dose_gap_low_minus_high": (GAP, "standard", high), "gap_reduction_dbvae": (GAP, "standard", "dbvae"),
+            "gap_reduction_oracle": (GAP, "standard", "oracle"),
+            "dim_gap_reduction_dbvae": (DIM_GAP, "standard_dim", "dbvae_dim"),
+            "dark_gap_standard": (GAP, "standard", None), "gap_dbvae_minus_oracle": (GAP, "dbvae", "oracle"),
+            "gap_reduction_dbvae_mit": (MIT_GAP, "standard", "dbvae"),
+            "gap_reduction_oracle_mit": (MIT_GAP, "standard", "oracle"),
+            "dim_gap_standard": (DIM_GAP, "standard_dim", None),
+            "dim_gap_reduction_oracle": (DIM_GAP, "standard_dim", "oracle_dim")}
+    return {**ends, **{f"dose_gap_{f:g}_minus_high": (GAP, dose_arm(r, f), high) for f in dose_fractions(r)
+                       if dose_arm(r, f) not in ("standard", high)}}
+
+
+def underexpose(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, 3, H, W) as if photographed with EXPOSURE times the light: every pixel value scaled, rounded."""
+    return (x.double() * EXPOSURE).round().to(torch.uint8)
 
 
 def jittered_copy(x: torch.Tensor, seed: int, chunk: int = 500) -> torch.Tensor:
@@ -107,11 +186,11 @@ def parse_utkface_name(name: str) -> tuple[int, int, int]:
 
 
 def load_lab_data(data_dir, recipe: Recipe) -> LabData:
-    """Decode every image once (uint8): the training sets and the three test sets. Per group, a seeded shuffle
-    holds out test_per_group UTKFace faces; the shuffled rest gives the light and dark training faces."""
+    """Decode every image once (uint8). Per group, a seeded shuffle holds out test_per_group UTKFace faces; the
+    shuffled rest gives the light and dark training pools, whose prefixes make every arm's faces (nested sets)."""
     root, gen = Path(data_dir).expanduser(), torch.Generator().manual_seed(recipe.split_seed)
-    n_dark = round(recipe.dark_fraction * recipe.train_faces)
-    n_light, k = recipe.train_faces - n_dark, recipe.test_per_group
+    n, k = recipe.train_faces, recipe.test_per_group
+    n_dark = round(max(dose_fractions(recipe)) * n)
     files = require_images(root / "UTKFace", "*.jpg", "UTKFace photos named age_gender_race_date.jpg.chip.jpg")
 
     def shuffled(files: list) -> list:
@@ -121,60 +200,69 @@ def load_lab_data(data_dir, recipe: Recipe) -> LabData:
         pool = shuffled([f for f in files if parse_utkface_name(f.name)[1:] == (gender, race)])
         test[grp], rest[race] = pool[:k], rest[race] + pool[k:]
     light, dark = shuffled(rest[LIGHT]), shuffled(rest[DARK])  # the leftovers: LF + LM, DF + DM
-    if n_light + n_dark > len(light) or n_dark > len(dark) or min(len(v) for v in test.values()) == 0:
-        raise UserError(f"UTKFace: {n_light + n_dark} light and {n_dark} dark training faces asked, {len(light)} + "
-                        f"{len(dark)} left after the test split {({g: len(v) for g, v in test.items()})}")
+    if n > len(light) or n_dark > len(dark) or min(len(v) for v in test.values()) == 0:
+        raise UserError(f"UTKFace: {n} light and {n_dark} dark training faces asked, {len(light)} + {len(dark)} "
+                        f"left after the test split {({g: len(v) for g, v in test.items()})}")
     neg_train, neg_test = ([f for c in NEG_CLASSES for f in sorted((imagenette_split(root, split) / c).glob(
         "*.JPEG"))] for split in ("train", "val"))
     mit = {g: sorted((root / "mit_test_faces" / g).glob("*.png")) for g in GROUPS}  # none: no MIT test set
     if recipe.smoke:  # evenly spread slices of the non-faces
-        neg_train, neg_test = (v[::len(v) // n][:n] for v, n in zip((neg_train, neg_test), SMOKE_NEGS))
+        neg_train, neg_test = (v[::len(v) // m][:m] for v, m in zip((neg_train, neg_test), SMOKE_NEGS))
         mit = {g: f[:SMOKE_MIT_PER_GROUP] for g, f in mit.items()}
-    lists = {"light": light[:n_light + n_dark], "dark": dark[:n_dark], "train_negs": neg_train, "test_negs": neg_test,
+    lists = {"light": light[:n], "dark": dark[:n_dark], "train_negs": neg_train, "test_negs": neg_test,
              **{f"test_{g}": f for g, f in test.items()}, **{f"mit_{g}": f for g, f in mit.items()}}
     total, t0 = sum(len(v) for v in lists.values()), time.perf_counter()
     with tqdm(total=total, desc="decode images", unit="img", mininterval=1.0, dynamic_ncols=True, leave=False) as bar:
         x = {key: decode_images(v, IMAGE_SHAPE[1], bar=bar) for key, v in lists.items()}
-    skewed = torch.cat([x["light"][:n_light], x["dark"]])                        # (train_faces, 3, 64, 64)
-    race = torch.tensor([LIGHT] * n_light + [DARK] * n_dark)                      # (train_faces,)
-    train = {"standard": skewed, "dbvae": skewed, "standard_nodark": x["light"]}  # n_dark more light faces
-    aligned = {**{g: x[f"test_{g}"] for g in GROUPS}, "negs": x["test_negs"]}  # uint8 (n, 3, 64, 64) each
-    # one fixed jittered copy for every seed and model: seed jitter_seed + i for group i, + 4 for the non-faces
-    jittered = {key: jittered_copy(v, recipe.jitter_seed + i) for i, (key, v) in enumerate(aligned.items())}
-    tests = {"aligned": aligned, "jittered": jittered}
-    if all(mit.values()):  # as they are (not re-aligned): the threshold comes from the aligned non-faces
-        tests["mit"] = {**{g: x[f"mit_{g}"] for g in GROUPS}, "negs": aligned["negs"]}
-    counts = {"train_faces": {m: len(v) for m, v in train.items()}, "train_nonfaces": len(x["train_negs"]),
+    # one fixed jittered copy for every seed and arm: seed jitter_seed + i for group i, + 4 for the non-faces
+    jittered = {g: jittered_copy(x[f"test_{g}"], recipe.jitter_seed + i) for i, g in enumerate(GROUPS)}
+    tests = {"jittered": jittered, "dim": {g: underexpose(v) for g, v in jittered.items()}}
+    if all(mit.values()):  # as they are (not re-aligned), at the same threshold
+        tests["mit"] = {g: x[f"mit_{g}"] for g in GROUPS}
+    counts = {"light_pool": len(x["light"]), "dark_pool": len(x["dark"]), "train_nonfaces": len(x["train_negs"]),
               "test_nonfaces": len(x["test_negs"]), **{f"{t}_{g}": len(v[g]) for t, v in tests.items() for g in GROUPS}}
-    fractions = {"standard": n_dark / recipe.train_faces, "dbvae": n_dark / recipe.train_faces, "standard_nodark": 0.0}
-    info = dict(counts=counts, dark_fractions=fractions, decoded_images=total, decode_time_s=time.perf_counter() - t0)
-    return LabData(train, x["train_negs"], race, tests, info)
+    info = dict(counts=counts, decoded_images=total, decode_time_s=time.perf_counter() - t0)
+    return LabData(x["light"], x["dark"], x["train_negs"], tests, jittered_copy(x["test_negs"], recipe.jitter_seed + 4),
+                   info)
 
 
-def train(model, kind: str, seed: int, data: LabData, recipe: Recipe, device, tb: TensorBoardLog | None):
-    """Adam, constant lr; the DB-VAE re-samples its faces every epoch (Algorithm 1). -> (history, last p_faces (Nf,))"""
-    faces, gens, augment = data.train[kind], dbvae.batch_generators(seed), AUGMENT if recipe.augment else None
+def training_faces(data: LabData, arm: Arm, recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An arm's faces uint8 (N, 3, 64, 64): the first N - n_dark light and n_dark dark faces of the pools, n_dim of
+    the light ones (a split_seed choice, the same in every dim arm) underexposed; and dark, dim (N,) bool."""
+    n = recipe.train_faces
+    n_dark, n_dim = round(arm.dark * n), round(arm.dim * n)
+    faces = torch.cat([data.light[:n - n_dark], data.dark[:n_dark]])
+    dark, dim = torch.arange(n) >= n - n_dark, torch.zeros(n, dtype=torch.bool)
+    dim[torch.randperm(n - n_dark, generator=torch.Generator().manual_seed(recipe.split_seed))[:n_dim]] = True
+    faces[dim] = underexpose(faces[dim])
+    return faces, dark, dim
+
+
+def train(model, arm: Arm, seed: int, faces, rare, negs, recipe: Recipe, device, tb: TensorBoardLog | None):
+    """The lab's loop: Adam at a constant lr, half faces and half non-faces per batch. Faces come in shuffled passes
+    or are drawn from p (N,): the DB-VAE's, re-estimated from its latent means every epoch (Algorithm 1), or the
+    oracle's from the true labels rare (N,) bool. faces uint8 (N, 3, 64, 64) -> one history row per epoch."""
+    gens, augment = dbvae.batch_generators(seed), AUGMENT if recipe.augment else None
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    history, p_faces = [], None
-    with tqdm(total=recipe.epochs * max(1, len(faces) // (recipe.batch_size // 2)), desc=f"{kind} seed {seed}",
-              unit="step", mininterval=2.0, dynamic_ncols=True, leave=False) as bar:
+    # the oracle: the rare and the common faces each get half of the draws, uniformly within each
+    p_faces, history = dbvae.balanced_probabilities(rare.long()) if arm.sampler == "oracle" else None, []
+    steps, desc = recipe.epochs * max(1, len(faces) // (recipe.batch_size // 2)), f"{arm.net} {arm.sampler} seed {seed}"
+    with tqdm(total=steps, desc=desc, unit="step", mininterval=2.0, dynamic_ncols=True, leave=False) as bar:
         for epoch in range(1, recipe.epochs + 1):
             t0, row = time.perf_counter(), {"epoch": epoch}
             loss_sum, n_correct, seen = 0.0, 0, 0
-            if kind == "dbvae":  # latent means (N, L) with BatchNorm's running statistics (eval mode) -> p (N,)
+            if arm.sampler == "latent":  # latent means (N, L) with BatchNorm's running statistics (eval mode) -> p (N,)
                 mu = predict(model, faces, device, fn=lambda b: model.encode(b)[1])
-                p = sampling_probabilities(mu, recipe.bins, recipe.alpha)  # Algorithm 1, {rule: p}
-                p_faces, other = p[recipe.combine], "product" if recipe.combine == "max" else "max"
-                # diagnostics, the only use of the race labels: the dark faces' share of p, and had the other rule drawn
-                dark, pct = data.race == DARK, 100 * (rankdata(p_faces.numpy()) - 1) / max(1, len(faces) - 1)
-                row.update({"dark_sampling_mass": p_faces[dark].sum().item(), f"dark_sampling_mass_if_{other}":
-                            p[other][dark].sum().item(), "dark_mean_p_percentile": pct[dark.numpy()].mean().item()})
+                p_faces = dbvae.sampling_probabilities(mu, recipe.bins, recipe.alpha)[recipe.combine]  # Algorithm 1
+            if p_faces is not None:  # a diagnostic, the DB-VAE's only use of the labels: the rare faces' share of p
+                row["rare_sampling_mass"] = p_faces[rare].sum().item()
             model.train()
-            for x, y in dbvae.epoch_batches(faces, data.train_negs, recipe.batch_size, gens, p_faces, augment, device):
-                if kind == "dbvae":
-                    loss, logit = dbvae_loss(model, x, y, recipe.kl_weight)  # paper Eq. 5
-                else:  # the face logit (B,) and its binary cross-entropy
-                    loss = torch.nn.functional.binary_cross_entropy_with_logits(logit := model(x)[:, 0], y)
+            for x, y in dbvae.epoch_batches(faces, negs, recipe.batch_size, gens, p_faces, augment, device):
+                with autocast(recipe.precision, device):
+                    if arm.net == "dbvae":
+                        loss, logit = dbvae_loss(model, x, y, recipe.kl_weight)  # paper Eq. 5
+                    else:  # the face logit (B,) and its binary cross-entropy
+                        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit := model(x)[:, 0], y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -187,30 +275,54 @@ def train(model, kind: str, seed: int, data: LabData, recipe: Recipe, device, tb
             history.append(row)
             if tb is not None:
                 tb.scalars(row)
-    return history, p_faces
+    return history
 
 
-def run_model(kind: str, seed: int, data: LabData, recipe: Recipe, device, runs_dir: Path, resume, tb_root) -> Run:
-    """One model of one seed, trained and evaluated; with `resume` a finished run of the same recipe is reused."""
+def run_model(name: str, arm: Arm, seed: int, data: LabData, recipe: Recipe, device, runs_dir: Path, resume,
+              tb_root) -> Run:
+    """One arm of one seed, trained and evaluated; with `resume` a finished run of the same recipe is reused."""
+    faces, dark, dim = training_faces(data, arm, recipe)
     seed_everything(seed)  # the weights, and the DB-VAE's reparameterisation noise after them
-    model = (DBVAE(recipe.latent_dim) if kind == "dbvae" else StandardCNN()).to(device)
-    ckpt = runs_dir / f"lab_dbvae_{kind}_seed{seed}.pt"
+    model = (DBVAE(recipe.latent_dim) if arm.net == "dbvae" else StandardCNN()).to(device)
+    ckpt = runs_dir / f"lab_dbvae_{name}_seed{seed}.pt"
     if resume and ckpt.exists():
         saved = load_checkpoint(ckpt, copy.deepcopy(model))  # a copy: another recipe's weights are not wanted
         if saved.get("recipe") == asdict(recipe):
-            print(f"[{kind} seed {seed}] reusing the finished run in {ckpt}")
+            print(f"[{name} seed {seed}] reusing the finished run in {ckpt}")
             return Run(**saved["run"])
-        print(f"[{kind} seed {seed}] {ckpt} was trained with another recipe: training again")
-    tb = TensorBoardLog(tb_root / f"{kind}_seed{seed}") if tb_root is not None else None
-    history, p_faces = train(model, kind, seed, data, recipe, device, tb)
+        print(f"[{name} seed {seed}] {ckpt} was trained with another recipe: training again")
+    tb = TensorBoardLog(tb_root / f"{name}_seed{seed}") if tb_root is not None else None
+    history = train(model, arm, seed, faces, dim if arm.rare == "dim" else dark, data.train_negs, recipe, device, tb)
     if tb is not None:
-        tb.close(dict(asdict(recipe), seed=seed, model=kind), history[-1])
-    scores = {t: {k: predict(model, x, device)[:, 0].double() for k, x in ts.items()} for t, ts in data.tests.items()}
-    metrics = {t: group_metrics(s, s["negs"]) for t, s in scores.items()}
-    tqdm.write(f"[{kind} seed {seed}] jittered test: group variance {metrics['jittered']['group_var']:.1f} %²")
-    run = Run(history, metrics, sum(p.numel() for p in model.parameters()), p_faces)
+        tb.close(dict(asdict(recipe), seed=seed, arm=name), history[-1])
+    neg = predict(model, data.test_negs, device)[:, 0].double()  # (n_neg,): one threshold for every test set
+    metrics = {t: group_metrics({g: predict(model, x, device)[:, 0].double() for g, x in ts.items()}, neg)
+               for t, ts in data.tests.items()}
+    # the rare-feature gap: the same held-out faces detected as they are minus dimmed, in points
+    metrics["dim"]["dim_gap"] = 100 * (fmean(metrics["jittered"]["detect"].values())
+                                       - fmean(metrics["dim"]["detect"].values()))
+    # Algorithm 1 again on the trained DB-VAE's latent means (N, L), over a grid of its settings
+    mass = (latent_diagnostics(predict(model, faces, device, fn=lambda b: model.encode(b)[1]), dict(dark=dark, dim=dim))
+            if arm.sampler == "latent" else None)
+    tqdm.write(f"[{name} seed {seed}] gaps (points): dark {metrics['jittered']['dark_gap']:+.1f}, "
+               f"dim {metrics['dim']['dim_gap']:+.1f}")
+    run = Run(history, metrics, sum(p.numel() for p in model.parameters()), mass)
     save_checkpoint(ckpt, model, run=run._asdict(), recipe=asdict(recipe))
     return run
+
+
+def latent_diagnostics(mu: torch.Tensor, masks: dict) -> dict:
+    """Per rare group (masks {group: (N,) bool}) on latent means mu (N, L): Algorithm 1's sampling mass on its faces
+    per combination rule over the grid [alpha in ALPHAS][bins in BIN_COUNTS], and how well a linear probe finds
+    them from mu (cross-validated AUC; 0.5: the latents do not encode the group)."""
+    ps = [[dbvae.sampling_probabilities(mu, b, a) for b in BIN_COUNTS] for a in ALPHAS]
+    out = {}
+    for g, m in ((g, m) for g, m in masks.items() if m.sum() >= 2):  # a probe needs a rare face per fold
+        probe = LogisticRegression(max_iter=PROBE_ITERS, class_weight="balanced")
+        auc = cross_val_score(probe, mu.numpy(), m.numpy(), scoring="roc_auc", cv=min(PROBE_FOLDS, int(m.sum())))
+        out[g] = {"probe_auc": float(auc.mean()), **{rule: [[p[rule][m].sum().item() for p in row] for row in ps]
+                                                     for rule in RULES}}
+    return out
 
 
 def rejection_threshold(neg_scores: torch.Tensor, reject: float = REJECT) -> float:
@@ -220,150 +332,172 @@ def rejection_threshold(neg_scores: torch.Tensor, reject: float = REJECT) -> flo
 
 
 def group_metrics(face_scores: dict, neg_scores: torch.Tensor, reject: float = REJECT) -> dict:
-    """Per group (logits {group: (n_g,)} vs non-faces (n_neg,)): detection rate, AUC, mean p(face); over the groups
-    the variance of the rates in %^2 (the paper's unit) and the light mean - worst dark group in points."""
+    """Per group (logits {group: (n_g,)} vs non-faces (n_neg,)): detection rate, AUC, mean p(face); and the dark
+    gap: the light groups' mean detection rate minus the dark groups', in points."""
     t, neg = rejection_threshold(neg_scores, reject), list(neg_scores.double().numpy())
     s = {g: face_scores[g].double() for g in GROUPS}
-    detected = {g: int((v > t).sum()) for g, v in s.items()}
-    rate = {g: detected[g] / len(v) for g, v in s.items()}
+    rate = {g: (v > t).double().mean().item() for g, v in s.items()}
     auc = {g: float(roc_auc_score([1] * len(v) + [0] * len(neg), list(v.numpy()) + neg)) for g, v in s.items()}
     return {"threshold": t, "nonface_rejected": (neg_scores <= t).double().mean().item(), "detect": rate,
-            "detected": detected, "n": {g: len(v) for g, v in s.items()}, "auc": auc,
+            "n": {g: len(v) for g, v in s.items()}, "auc": auc,
             "mean_p_face": {g: torch.sigmoid(v).mean().item() for g, v in s.items()},
-            "group_var": (100 * torch.tensor(list(rate.values()), dtype=torch.float64)).var(unbiased=False).item(),
-            "dark_gap": 100 * ((rate["LF"] + rate["LM"]) / 2 - min(rate["DF"], rate["DM"]))}
+            "dark_gap": 100 * (rate["LF"] + rate["LM"] - rate["DF"] - rate["DM"]) / 2}
 
 
-def compare_paired(a: list[float], b: list[float], endpoint: str, names=("standard", "dbvae")) -> dict:
-    """b - a over paired seeds: BCa bootstrap 95 % CI, exact sign-flip p; a direction: p < ALPHA, 0 outside the CI."""
-    d = [y - x for x, y in zip(a, b)]
-    ci, p = stats.bootstrap_ci(d), stats.sign_flip_p_value(d)
-    return {"endpoint": endpoint, "difference": f"{names[1]} - {names[0]}", "n_seeds": len(d),
-            names[0]: stats.summarize(a), names[1]: stats.summarize(b), "mean_diff": sum(d) / len(d),
-            "ci95": ci, "p_value": p, "test": "sign_flip", "alpha": stats.ALPHA,
-            "verdict": stats.verdict(*ci) if p < stats.ALPHA else "no significant difference", "per_seed_diff": d}
+def holm(p: dict) -> dict:
+    """Holm's step-down adjusted p-values of {name: p}: the k-th smallest of m times (m - k + 1), kept monotone."""
+    adjusted, running = {}, 0.0
+    for k, name in enumerate(sorted(p, key=p.get)):
+        running = max(running, min(1.0, (len(p) - k) * p[name]))
+        adjusted[name] = running
+    return adjusted
 
 
-def over_seeds(rows: list[dict], keys) -> dict:
-    """stats.summarize over seeds (rows: one dict per seed) of each key: a number, or per group of {group: number}."""
-    return {k: {g: stats.summarize([r[k][g] for r in rows]) for g in rows[0][k]} if isinstance(rows[0][k], dict)
-            else stats.summarize([r[k] for r in rows]) for k in keys}
+def mde80(d: list[float]) -> float:
+    """The smallest true mean difference a two-sided paired t-test at ALPHA detects with POWER, given the observed
+    std of the n differences d: (t_{1 - ALPHA/2} + t_{POWER}) * std / sqrt(n), n - 1 degrees of freedom."""
+    t = sps.t.ppf(1 - stats.ALPHA / 2, len(d) - 1) + sps.t.ppf(POWER, len(d) - 1)
+    return float(t * np.std(d, ddof=1) / math.sqrt(len(d)))
 
 
-def sampling_summary(histories: list[list[dict]], fraction: float) -> dict:
-    """Per epoch, over the seeds' histories: the dark faces' sampling mass (and over their share of the faces)."""
-    per_epoch = []
-    for rows in zip(*histories):  # one epoch, a row per seed
-        s = over_seeds(rows, [k for k in rows[0] if k.startswith("dark_")])
-        mass = s.pop("dark_sampling_mass")
-        per_epoch.append({"epoch": rows[0]["epoch"], "dark_mass": mass, **s,
-                          "mass_over_share": mass["mean"] / fraction if fraction > 0 else None})
-    return {"dark_share_of_faces": fraction, "per_epoch": per_epoch}
+def share_of_oracle(dbvae: list[float], oracle: list[float]) -> dict:
+    """The DB-VAE's mean gap reduction in % of the oracle's, with a percentile bootstrap 95 % CI resampling whole
+    seeds (a seed's two reductions together); None where a mean reduction of the oracle is 0."""
+    def ratio(a, b, axis=-1):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return 100 * np.mean(a, axis) / np.mean(b, axis)
+    ci = sps.bootstrap((dbvae, oracle), ratio, paired=True, method="percentile", rng=np.random.default_rng(0))
+    finite = [float(v) if np.isfinite(v) else None for v in (ratio(dbvae, oracle), *ci.confidence_interval)]
+    return {"pct": finite[0], "ci95": finite[1:]}
 
 
-def build_results(args, recipe: Recipe, data: LabData, runs: dict) -> dict:
-    """The lab_dbvae.json dict. runs: {model: {seed: Run}}."""
-    seeds, models = list(args.seeds), list(runs)
-    tests, metrics = list(data.tests), {m: {} for m in models}
-    for m, t in itertools.product(models, tests):  # seed statistics per model and test set
-        rows = [runs[m][s].metrics[t] for s in seeds]
-        o = metrics[m][t] = over_seeds(rows, [k for k in rows[0] if k not in ("detected", "n")])
-        o.update(detected_per_seed={g: [r["detected"][g] for r in rows] for g in GROUPS}, n=rows[0]["n"])
-        if t == "mit":  # 15 faces per group: the binomial spread dominates; Wilson interval at the seed-mean count
-            o["wilson"] = {g: stats.wilson(round(sum(k) / len(k)), o["n"][g])
-                           for g, k in o["detected_per_seed"].items()}
+def summary(values: list[float], bounded: bool = True) -> dict:
+    """stats.summarize; a bounded quantity (a rate, an AUC, a mass) gets a bootstrap CI, which stays in its range."""
+    return {**stats.summarize(values), "ci95": stats.bootstrap_ci(values)} if bounded else stats.summarize(values)
 
-    def paired(key, a="standard", b="dbvae"):  # b - a per test set; none from a single seed
-        return {t: compare_paired(*(metrics[m][t][key]["values"] for m in (a, b)), key, (a, b))
-                for t in tests if len(seeds) > 1}
-    comparison, secondary = paired("group_var"), {"dark_gap": paired("dark_gap")}
-    if "standard_nodark" in runs:
-        secondary["control_vs_standard"] = paired("group_var", "standard_nodark", "standard")
-    gap = metrics["standard"]["jittered"]["dark_gap"]
-    gap_ci = stats.bootstrap_ci(gap["values"])  # one seed: [gap, gap]
+
+def over_seeds(rows: list[dict]) -> dict:
+    """summary() over seeds (rows: one dict per seed) of each number, or per group of each {group: number}; gaps
+    in points and thresholds (logits) are unbounded: t intervals."""
+    return {k: {g: summary([r[k][g] for r in rows]) for g in v} if isinstance(v, dict)
+            else summary([r[k] for r in rows], not k.endswith("_gap") and k != "threshold")
+            for k, v in rows[0].items() if k != "n"}
+
+
+def sampling_summary(histories: list[list[dict]], share: float) -> dict:
+    """Per epoch, over the seeds' histories: the rare faces' sampling mass and the mass over their share of faces."""
+    mass = [[r["rare_sampling_mass"] for r in rows] for rows in zip(*histories)]  # [epoch][seed]
+    return {"share_of_faces": share, "per_epoch": [{"epoch": epoch, "mass": summary(m), "mass_over_share": (
+        fmean(m) / share if share > 0 else None)} for epoch, m in enumerate(mass, start=1)]}
+
+
+def build_results(args, recipe: Recipe, arms: dict, data: LabData, runs: dict) -> dict:
+    """The lab_dbvae.json dict. runs: {arm: {seed: Run}}."""
+    seeds, ends, fractions = list(args.seeds), {}, dose_fractions(recipe)
+
+    def per_seed(arm: str, metric: str) -> list[float]:  # metric "test set/key"
+        test, key = metric.split("/")
+        return [runs[arm][s].metrics[test][key] for s in seeds]
+    for name, (metric, a, b) in endpoints(recipe).items():  # none from a single seed, none without the test set
+        if len(seeds) > 1 and metric.split("/")[0] in data.tests:
+            x, y = per_seed(a, metric), per_seed(b, metric) if b else [0.0] * len(seeds)
+            d = np.subtract(x, y)  # (seeds,): mean, t CI, p and per-seed values from stats.paired, with std and MDE
+            ends[name] = dict(metric=metric, a=a, b=b, **stats.paired(x, y), std=float(d.std(ddof=1)), mde80=mde80(d))
+    for name, p in holm({n: e["p_value"] for n, e in ends.items() if n not in PRIMARY.values()}).items():
+        ends[name].update(p_holm=p, verdict=ends[name]["verdict"] if p < stats.ALPHA else "no significant difference")
+    share = (share_of_oracle(ends[PRIMARY["dbvae"]]["diffs"], ends[PRIMARY["oracle"]]["diffs"])
+             if PRIMARY["oracle"] in ends else None)
+    def latent(a: str, g: str) -> dict:  # a DB-VAE arm's diagnostics of group g over seeds
+        d = [runs[a][s].mass[g] for s in seeds]
+        rules = {r: {"mean": np.mean([v[r] for v in d], axis=0).tolist(), "per_seed": [v[r] for v in d]} for r in RULES}
+        return {"probe_auc": summary([v["probe_auc"] for v in d]), **rules}
+    grid = {a: {g: latent(a, g) for g in runs[a][seeds[0]].mass} for a, arm in arms.items() if arm.sampler == "latent"}
     return {"name": "lab_dbvae", "recipe": asdict(recipe), "seeds": seeds, "groups": list(GROUPS), "reject": REJECT,
-            "models": {m: MODEL_NAMES[m] for m in models}, "test_sets": {t: TEST_SET_NAMES[t] for t in tests},
-            "primary_endpoint": {"name": "jittered_group_var", "comparison": "comparison.jittered"},
+            "arms": {a: arm._asdict() for a, arm in arms.items()}, "test_sets": list(data.tests),
+            "primary": PRIMARY, "endpoints": ends, "oracle_share": share,
+            "dose": {"fractions": fractions, "arms": [dose_arm(recipe, f) for f in fractions]},
+            "sampling": {a: sampling_summary([runs[a][s].history for s in seeds], getattr(arm, arm.rare))
+                         for a, arm in arms.items() if arm.sampler},
+            "mass_grid": {"alphas": ALPHAS, "bins": BIN_COUNTS, **grid},
+            "metrics": {a: {t: over_seeds([runs[a][s].metrics[t] for s in seeds]) for t in data.tests} for a in arms},
             "data": {**data.info, "source": "UTKFace+Imagenette", "negative_classes": NEG_CLASSES, "augmentation": {
                 "train": asdict(AUGMENT) if recipe.augment else None, "jittered_test": asdict(AUGMENT)}},
-            "metrics": metrics, "comparison": comparison, "secondary": secondary,
-            "standard_gap_jittered": {**gap, "bootstrap_ci95": gap_ci, "measurable": gap_ci[0] > 0},
-            "sampling": sampling_summary([runs["dbvae"][s].history for s in seeds],
-                                         data.info["dark_fractions"]["dbvae"]),
-            "history": {m: {str(s): runs[m][s].history for s in seeds} for m in models},
-            "params": {m: runs[m][seeds[0]].params for m in models}}
+            "history": {a: {str(s): runs[a][s].history for s in seeds} for a in arms},
+            "params": {a: runs[a][seeds[0]].params for a in arms}}
 
 
-# figures 8 in wide, placed at the report's 17 cm text width (0.84 scale: 9 pt text prints at 7.5 pt)
-@plt.rc_context({"figure.figsize": (8.0, 3.0), "font.size": 9, "axes.titlesize": 10, "figure.titlesize": 10,
-                 "legend.frameon": False, "figure.autolayout": True})  # autolayout: tight_layout per draw
-def plot_figures(results: dict, data: LabData, p: torch.Tensor, fig_dir: Path) -> None:
-    """lab_dbvae_groups.png: the detection rate per group, model and test set (seed mean, t 95 % CI; MIT: Wilson);
-    lab_dbvae_paired.png: (a) the primary endpoint per model and seed, (b) the DB-VAE's draws of dark faces;
-    lab_dbvae_sampling.png: the training faces with the highest and lowest last p (Nf,) of the first seed."""
-    m, tests, k = results["metrics"], list(results["test_sets"]), len(results["metrics"])
-    fig, axes = plt.subplots(1, len(tests), sharey=True, squeeze=False)
-    for ax, t in zip(axes[0], tests):
-        for i, model in enumerate(m):
-            mean = [m[model][t]["detect"][g]["mean"] for g in GROUPS]
-            ci = [(m[model][t]["wilson"] if t == "mit" else m[model][t]["detect"])[g]["ci95"] for g in GROUPS]
-            err = [[max(0.0, a - c[0]) for a, c in zip(mean, ci)], [max(0.0, c[1] - a) for a, c in zip(mean, ci)]]
-            ax.bar([j + (i - (k - 1) / 2) * 0.8 / k for j in range(len(GROUPS))], mean, 0.8 / k, yerr=err, capsize=2,
-                   label=MODEL_NAMES[model], error_kw={"lw": 0.8})
-        ax.set(xticks=range(len(GROUPS)), xticklabels=list(GROUPS), ylim=(0, 1.05), title=TEST_SET_NAMES[t])
-        ax.grid(axis="y", alpha=0.3)
-    axes[0][len(tests) // 2].set_xlabel("group (L/D: light/dark skin, F/M: female/male)")
-    axes[0][0].set_ylabel(f"faces detected at {REJECT:.0%}\nnon-face rejection")
-    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=k)
-    fig.suptitle(f"Detection rate per group: mean over {len(results['seeds'])} seeds, 95 % CI (MIT: Wilson, 15 faces)")
-    save(fig, fig_dir / "lab_dbvae_groups.png")
-    fig, (ax, bx) = plt.subplots(1, 2)
-    gv, x = [v["jittered"]["group_var"] for v in m.values()], range(k)
-    ax.plot(x, [v["values"] for v in gv], "o-", color="0.6", lw=0.8, ms=3)  # (models, seeds): a line per seed
-    ax.plot(x, [v["mean"] for v in gv], "s-", color="C3", lw=2, label="mean over seeds")
-    ax.set(xticks=x, xticklabels=[MODEL_NAMES[v].replace(", ", ",\n") for v in m], ylim=(0, None),
-           ylabel="group variance (%²)\non the jittered test", title="(a) primary endpoint, per seed")
-    ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.34))
-    rows, share = results["sampling"]["per_epoch"], results["sampling"]["dark_share_of_faces"]
-    ep, other = [r["epoch"] for r in rows], "product" if results["recipe"]["combine"] == "max" else "max"
-    bx.plot(ep, [[100 * v for v in r["dark_mass"]["values"]] for r in rows], "o-", color="0.6", lw=0.8, ms=3)
-    bx.plot(ep, [100 * r["dark_mass"]["mean"] for r in rows], "s-", color="C1", lw=2,
-            label="dark faces' share of the sampling mass (mean)")
-    bx.plot(ep, [100 * r[f"dark_sampling_mass_if_{other}"]["mean"] for r in rows], "^:", color="C4", lw=1.5,
-            label=f"the same had p used the {other} rule (not used)")
-    bx.axhline(100 * share, color="k", ls="--", lw=1, label="their share of the faces")
-    bx.set(xticks=ep, ylim=(0, None), xlabel="epoch (p re-estimated at its start)", ylabel="% of draws",
-           title="(b) DB-VAE draws of dark faces")
-    bx.legend(loc="upper left", bbox_to_anchor=(-0.1, -0.3))
-    save(fig, fig_dir / "lab_dbvae_paired.png")
-    n, order = min(8, len(p) // 2), torch.argsort(p, descending=True, stable=True)
-    fig, axes = plt.subplots(2, n, figsize=(8.0, 3.6), squeeze=False)
-    for row, label, idx in zip(axes, ("highest p", "lowest p"), (order[:n], order[-n:].flip(0))):
-        for ax, i in zip(row, idx.tolist()):
-            ax.imshow(data.train["dbvae"][i].permute(1, 2, 0).numpy())
-            ax.set(xticks=[], yticks=[])
-            ax.set_title(f"{('light', 'dark')[int(data.race[i])]}\n{p[i] * len(p):.1f}× unif.", fontsize="medium")
-        row[0].set_ylabel(label)
-    fig.suptitle(f"DB-VAE seed {results['seeds'][0]}: training faces with the highest / lowest resampling probability "
-                 "(last epoch;\nrace labels shown for reading only, never used in training)")
-    save(fig, fig_dir / "lab_dbvae_sampling.png")
+HALF, FULL = 8 / 2.54, 16 / 2.54  # figure widths (in) at which the report places them: half and full text width
+
+
+def strip(ax, summaries: list[dict], labels: list[str], ylabel: str) -> None:
+    """One endpoint per x position: per-seed values (grey, a line per seed) and the mean with its 95 % t CI."""
+    x, mean = range(len(summaries)), [s["mean"] for s in summaries]
+    ax.plot(x, [s["values"] for s in summaries], "o-", color="0.7", lw=0.6, ms=2)  # (positions, seeds)
+    err = np.abs(np.array([s["ci95"] for s in summaries]).T - mean)  # (2, positions): below and above the mean
+    ax.errorbar(x, mean, yerr=err, fmt="s", color="k", ms=3, capsize=2)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set(xticks=x, xticklabels=labels, ylabel=ylabel)
+
+
+# drawn at the size the report places them (HALF or FULL wide): 8 pt text, 7 pt ticks and legends
+@plt.rc_context({"font.size": 8, "xtick.labelsize": 7, "ytick.labelsize": 7, "legend.fontsize": 7,
+                 "legend.frameon": False, "figure.autolayout": True})
+def plot_figures(results: dict, fig_dir: Path) -> None:
+    """lab_dbvae_dose.pdf (HALF): the dark gap per dark share; lab_dbvae_oracle.pdf (HALF): the gap reductions of the
+    DB-VAE and the oracle per seed; lab_dbvae_rare.pdf (HALF): the dim-face gap per arm; lab_dbvae_mass.pdf (FULL):
+    the trained DB-VAEs' sampling mass on the rare faces against alpha, a line per bin count (mean over seeds)."""
+    m, ends, n = results["metrics"], results["endpoints"], len(results["seeds"])
+    gap_label = "light − dark detection\n(points, jittered test)"
+    fig, ax = plt.subplots(figsize=(HALF, 2.4))
+    strip(ax, [m[a]["jittered"]["dark_gap"] for a in results["dose"]["arms"]],
+          [f"{100 * f:g}" for f in results["dose"]["fractions"]], gap_label)
+    ax.set(xlabel="dark-skinned training faces (%)", title=f"standard CNN, {n} seeds")
+    save(fig, fig_dir / "lab_dbvae_dose.pdf")
+    if PRIMARY["oracle"] in ends:
+        fig, ax = plt.subplots(figsize=(HALF, 2.4))
+        red = [{"mean": e["mean_diff"], "ci95": e["ci95"], "values": e["diffs"]}
+               for e in (ends[PRIMARY["dbvae"]], ends[PRIMARY["oracle"]])]
+        strip(ax, red, ["DB-VAE", "oracle (labels)"], "gap reduction vs the\nstandard CNN (points)")
+        s = results["oracle_share"]
+        if s["pct"] is not None:
+            ci = ", ".join("-" if v is None else f"{v:.0f}" for v in s["ci95"])
+            ax.set_title(f"the DB-VAE closes {s['pct']:.0f} % [{ci}]\nof what the oracle closes")
+        save(fig, fig_dir / "lab_dbvae_oracle.pdf")
+    fig, ax = plt.subplots(figsize=(HALF, 2.4))
+    strip(ax, [m[a]["dim"]["dim_gap"] for a in ("standard", "standard_dim", "dbvae_dim", "oracle_dim")],
+          ["standard,\nno dim", "standard", "DB-VAE", "oracle"], "as taken − dimmed\ndetection (points)")
+    ax.set(title=f"{100 * results['recipe']['dim_fraction']:g} % dim training faces, {n} seeds")
+    save(fig, fig_dir / "lab_dbvae_rare.pdf")
+    grid, rule = results["mass_grid"], results["recipe"]["combine"]
+    panels = [(a, g) for a in grid if a not in ("alphas", "bins") for g in grid[a] if g == results["arms"][a]["rare"]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(FULL, 2.2), sharey=True, squeeze=False)
+    for ax, (a, g) in zip(axes[0], panels):
+        for j, b in enumerate(grid["bins"]):
+            ax.plot(grid["alphas"], [100 * row[j] for row in grid[a][g][rule]["mean"]], "o-", ms=3, label=f"{b} bins")
+        ax.axhline(100 * results["sampling"][a]["share_of_faces"], color="k", ls="--", lw=0.8, label="share of faces")
+        ax.axvline(results["recipe"]["alpha"], color="0.5", ls=":", lw=0.8, label="alpha trained with")
+        ax.set(xscale="log", xlabel="smoothing alpha", title=f"{a}: {g} faces ({rule} rule)", ylim=(0, None))
+    axes[0][0].set_ylabel("share of the draws (%)")
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the panels: the lines can be anywhere
+    save(fig, fig_dir / "lab_dbvae_mass.pdf")
 
 
 def main(argv=None) -> dict:
     args, recipe = get_args(argv)
     fig_dir, res_dir, runs_dir, device = setup(args)
-    t_start, data = time.perf_counter(), load_lab_data(args.data_dir, recipe)
-    print(f"lab_dbvae: {data.info['counts']}, device={device}, threads={torch.get_num_threads()}")
-    models = [m for m in MODEL_NAMES if args.control or m != "standard_nodark"]
-    runs, tb_root = {m: {} for m in models}, tensorboard_dir(args, "lab_dbvae", runs_dir)
-    for seed, kind in itertools.product(args.seeds, models):  # a seed's models see the same data in the same order
-        runs[kind][seed] = run_model(kind, seed, data, recipe, device, runs_dir, args.resume, tb_root)
-    results = build_results(args, recipe, data, runs)
-    plot_figures(results, data, runs["dbvae"][args.seeds[0]].p_faces, fig_dir)
-    path = write_results(res_dir / "lab_dbvae.json", results, args, device, t_start)
-    for t, c in results["comparison"].items():
-        print("{:9s} group var {:7.2f} -> {:7.2f} %², diff {:+.2f} CI [{:+.2f}, {:+.2f}], p {:.3f}: {}".format(
-            t, c["standard"]["mean"], c["dbvae"]["mean"], c["mean_diff"], *c["ci95"], c["p_value"], c["verdict"]))
+    recipe = replace(recipe, precision=resolve_precision(recipe.precision, device, "dbvae"))
+    t_start, data, arms = time.perf_counter(), load_lab_data(args.data_dir, recipe), make_arms(recipe)
+    print(f"lab_dbvae: {len(arms)} arms x {len(args.seeds)} seeds, {data.info['counts']}, device={device}, "
+          f"threads={torch.get_num_threads()}, {recipe.precision}")
+    runs, tb_root = {a: {} for a in arms}, tensorboard_dir(args, "lab_dbvae", runs_dir)
+    for seed, name in itertools.product(args.seeds, arms):  # a seed's arms: the same weights, non-faces and order
+        runs[name][seed] = run_model(name, arms[name], seed, data, recipe, device, runs_dir, args.resume, tb_root)
+    results = build_results(args, recipe, arms, data, runs)
+    plot_figures(results, fig_dir)
+    path = write_results(res_dir / "lab_dbvae.json", results, args, device, t_start, recipe.precision)
+    for question, name, e in ((q, n, results["endpoints"][n]) for q, n in PRIMARY.items() if n in results["endpoints"]):
+        print("{:6s} {:26s} {:+6.2f} points, CI [{:+.2f}, {:+.2f}], p {:.3f}, MDE80 {:.1f}: {}".format(
+            question, name, e["mean_diff"], *e["ci95"], e["p_value"], e["mde80"], e["verdict"]))
     print(f"wrote {path} and figures in {fig_dir} ({results['wall_time_s']:.0f} s)")
     return results
 

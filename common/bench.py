@@ -1,21 +1,66 @@
-"""Training speed (results/bench.json, minutes on 2 cores): our in-memory MNIST loop vs torchvision MNIST + DataLoader
-with loss.item() every step; the --options and the fp32 matmul peak take turns in each round (slow spells hit all)."""
+"""bf16 autocast vs fp32 training per model (results/bench.json; 2-3 min on 2 idle cores): ex1's autoencoder, ex2's
+classifier, the labs' DB-VAE and CAM CNN train a short run at their scripts' batch sizes in each precision; a round (one
+seed: the same weights and batches for both) runs every model in both precisions, so slow spells hit all. Per model:
+images/s, the test metric per seed, and whether bf16 pays. --stacking: ex4's 10 seeds stacked with vmap or not."""
 import argparse
 import statistics
 import time
 import timeit
-from dataclasses import asdict, replace
+from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
+from typing import Callable
 
 import torch
+from tqdm.auto import tqdm
 
-from . import utils
-from .data import first_n, load_mnist, load_mnist_splits
+from . import stats, utils
+from .cam import CamCNN
+from .data import IMAGENETTE_CLASSES, TensorData, decode_images, imagenette_split, load_mnist_splits, require_images
+from .dbvae import DBVAE, IMAGE_SHAPE, dbvae_loss
 from .models import AE_RECIPE, CLASSIFIER_RECIPE, AutoEncoder, Classifier
-from .train import cross_entropy, fit, mean_l1, train_epoch
+from .train import Recipe, autocast, cross_entropy, evaluate, make_optimizer, mean_l1, predict
 
-OPTIONS = ("channels_last", "bf16_autocast")
-MODELS = [("ae", AutoEncoder, mean_l1, AE_RECIPE), ("classifier", Classifier, cross_entropy, CLASSIFIER_RECIPE)]
+PAYS_SPEEDUP = 1.15  # bf16 pays from 15 % more images/s (smaller gains are within the timing noise of 2 cores) ...
+SPREAD_SDS = 2.0     # ... if its mean test metric lies within the fp32 mean +- 2 sample std over the seeds
+PER_CLASS = 60  # Imagenette training images per class (val: half as many): 900 photos to decode
+SMOKE_PER_CLASS, SMOKE_STEPS = 4, 3
+NONFACES = ("cassette player", "church", "garbage truck", "gas pump", "golf ball", "parachute")  # as lab_dbvae.py
+
+
+@dataclass(frozen=True)
+class Bench:
+    """A model as its script trains it (recipe: optimiser, batch size; memory format), the steps of its short run,
+    its loss (model, x (B, C, H, W), y (B,)) and its fp32 test metric (model, test TensorData) -> float."""
+    make: Callable
+    recipe: Recipe
+    steps: int
+    loss: Callable
+    metric: str
+    evaluate: Callable
+    channels_last: bool = True  # NHWC: oneDNN's faster conv kernels, as common.train.fit; lab_dbvae.py trains NCHW
+
+
+def accuracy(model, test: TensorData) -> float:
+    return evaluate(model, test, cross_entropy)["acc"]
+
+
+def face_accuracy(model: DBVAE, test: TensorData) -> float:  # the sign of the face logit against y (N,) in {0, 1}
+    return ((predict(model, test.x, torch.device("cpu"))[:, 0] > 0).float() == test.y).float().mean().item()
+
+
+# The labs' recipes as in lab_dbvae.py and lab_cam.py (without lab_cam's label smoothing and crops). Steps: fewer for
+# the slower models, so that 3 rounds x 4 models x 2 precisions take 2-3 min (< 240 s) on 2 idle cores.
+MODELS = {
+    "ae": Bench(AutoEncoder, AE_RECIPE, 120, lambda m, x, y: mean_l1(m(x).float(), x), "test_l1",
+                lambda m, test: evaluate(m, test, mean_l1)["loss"]),
+    "classifier": Bench(Classifier, CLASSIFIER_RECIPE, 200, lambda m, x, y: cross_entropy(m(x).float(), y),
+                        "test_acc", accuracy),
+    "dbvae": Bench(DBVAE, Recipe(1, lr=5e-4, batch_size=32, schedule="constant"), 200,
+                   lambda m, x, y: dbvae_loss(m, x, y)[0], "test_acc", face_accuracy, channels_last=False),
+    "cam": Bench(CamCNN, Recipe(1, lr=4e-3, batch_size=128, weight_decay=0.05), 40,
+                 lambda m, x, y: cross_entropy(m(x).float(), y), "test_acc", accuracy),
+}
 
 
 def optimizer_step(opt, loss: torch.Tensor) -> torch.Tensor:
@@ -36,66 +81,81 @@ def matmul_peak(sizes=(512, 1024, 1536, 2048), seconds: float = 1.0) -> float:
     return max(gflops)
 
 
-def train_flops_per_image(model, x: torch.Tensor, target: torch.Tensor, loss_fn) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
-        loss_fn(model(x), target).backward()
-    return counter.get_total_flops() / len(x)
-
-
-def run_ours(model, data, loss_fn, steps: int, batch_size: int, gen, precision: str = "fp32") -> float:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    for sub in first_n(data, batch_size), first_n(data, steps * batch_size):  # one untimed step first: set-up
-        t0 = time.perf_counter()
-        train_epoch(model, sub, loss_fn, opt, None, gen, batch_size=batch_size, precision=precision)
-    return len(sub) / (time.perf_counter() - t0)
-
-
-def run_baseline(model, dataset, loss_fn, steps: int, batch_size: int) -> float:
-    """images/s of the DataLoader loop most course notebooks write, its first step untimed as in run_ours."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True)
-    for step, (x, y) in zip(range(steps + 1), loader):
-        if step == 1:
-            t0 = time.perf_counter()
-        optimizer_step(opt, loss_fn(model(x), x if loss_fn is mean_l1 else y)).item()  # the usual per-step sync
-    return step * batch_size / (time.perf_counter() - t0)
-
-
-def interleaved(calls: dict, repeats: int, warmup: int = 0) -> dict[str, list[float]]:
+def interleaved(calls: dict, repeats: int, warmup: int = 0) -> dict[str, list]:
     runs = {k: [] for k in calls}
     for r in range(warmup + repeats):
         for k, call in calls.items():
             runs[k].append(call(r))  # r: the round
-        print(f"round {r + 1}/{warmup + repeats}: " + ", ".join(f"{k} {v[-1]:.4g}" for k, v in runs.items()))
+        last = {k: v[-1] if isinstance(v[-1], tuple) else (v[-1],) for k, v in runs.items()}  # short_run: 2 values
+        print(f"round {r + 1}/{warmup + repeats}:", ", ".join(k + " " + "/".join(f"{x:.4g}" for x in t)
+                                                              for k, t in last.items()), flush=True)
     return {k: v[warmup:] for k, v in runs.items()}
 
 
+def load_data(args) -> dict[str, tuple[TensorData, TensorData]]:
+    """(train, test) per model: MNIST; Imagenette at the CAM CNN's training crop size (64 px in lab_cam.py, also the
+    DB-VAE's face size), its classes without people as the DB-VAE's non-faces (y 0) next to as many UTKFace faces."""
+    n, nette = SMOKE_PER_CLASS if args.smoke else PER_CLASS, []
+    for split, per_class in (("train", n), ("val", n // 2)):
+        files = [(f, c) for c, w in enumerate(IMAGENETTE_CLASSES)
+                 for f in sorted((imagenette_split(args.data_dir, split) / w).glob("*.JPEG"))[:per_class]]
+        x = decode_images([f for f, _ in files], IMAGE_SHAPE[1])  # (N, 3, 64, 64) uint8
+        nette.append(TensorData(x, torch.tensor([c for _, c in files])))
+    no_people = torch.tensor([c for c, name in enumerate(IMAGENETTE_CLASSES.values()) if name in NONFACES])
+    negs = [d.x[torch.isin(d.y, no_people)] for d in nette]
+    utk = require_images(Path(args.data_dir).expanduser() / "UTKFace", "*.jpg", "UTKFace faces")
+    counts = [len(x) for x in negs]  # faces spread over the files (sorted by age), train then test
+    faces = decode_images(utk[::len(utk) // sum(counts)][:sum(counts)], IMAGE_SHAPE[1]).split(counts)
+    # y = 1 for a face; x as float in [0, 1]: the DB-VAE's loss compares it with the decoded image
+    dbvae = [TensorData(torch.cat([f, x]) / 255, torch.cat([torch.ones(len(f)), torch.zeros(len(x))]))
+             for f, x in zip(faces, negs)]
+    mnist = load_mnist_splits(args)
+    return {"ae": mnist, "classifier": mnist, "dbvae": dbvae, "cam": nette}
+
+
+def short_run(spec: Bench, train: TensorData, test: TensorData, precision: str, seed: int) -> tuple[float, float]:
+    """spec.steps training steps on batches drawn from `train` -> (images/s after the first step, which sets up the
+    kernels; the fp32 test metric). The seed fixes the weights and the batches: both precisions see the same."""
+    gen = utils.seed_everything(seed)
+    model = spec.make().to(memory_format=torch.channels_last if spec.channels_last else torch.contiguous_format)
+    opt, sched = make_optimizer(model, replace(spec.recipe, epochs=1), None, spec.steps)  # one-cycle over the run
+    batches = torch.randint(len(train), (spec.steps, spec.recipe.batch_size), generator=gen)  # (steps, B)
+    for step, idx in enumerate(tqdm(batches, desc=f"{precision} seed {seed}", mininterval=1.0, leave=False)):
+        if step == 1:  # the first step sets up the kernels: untimed
+            t0 = time.perf_counter()
+        with autocast(precision, torch.device("cpu")):
+            loss = spec.loss(model, train.x[idx], train.y[idx])
+        optimizer_step(opt, loss)
+        if sched is not None:
+            sched.step()
+    return (spec.steps - 1) * spec.recipe.batch_size / (time.perf_counter() - t0), spec.evaluate(model, test)
+
+
+def compare(fp32: list[tuple], bf16: list[tuple]) -> dict:
+    """(images/s, test metric) per round of each precision -> the median speeds, the metric over the seeds and
+    paired (bf16 - fp32), within_spread: bf16's mean within fp32's mean +- SPREAD_SDS std; pays: also fast enough."""
+    (s32, q32), (s16, q16) = zip(*fp32), zip(*bf16)
+    speedup = statistics.median(s16) / statistics.median(s32)
+    q = {"fp32": stats.summarize(q32), "bf16": stats.summarize(q16)}
+    within = abs(q["bf16"]["mean"] - q["fp32"]["mean"]) <= SPREAD_SDS * q["fp32"]["std"]
+    pays = speedup >= PAYS_SPEEDUP and within
+    return {"img_s_fp32": statistics.median(s32), "img_s_bf16": statistics.median(s16), "speedup": speedup,
+            "runs_img_s": {"fp32": s32, "bf16": s16}, "quality": q, "bf16_minus_fp32": stats.paired(q16, q32),
+            "within_spread": within, "pays": pays, "adopted": "bf16" if pays else "fp32"}
+
+
 def bench(args) -> dict:
-    from torchvision import datasets, transforms
-    data, ref_ds = load_mnist(args.data_dir, train=True), datasets.MNIST(args.data_dir, transform=transforms.ToTensor())
-    sides = {"ae": ["plain", *args.options, "baseline"], "classifier": ["plain", "baseline"]}
+    data, specs = load_data(args), {k: replace(s, steps=SMOKE_STEPS) if args.smoke else s for k, s in MODELS.items()}
 
-    def side(make, loss_fn, option, r):
-        gen = utils.seed_everything(args.seed + r)  # before make(): every side starts from the same weights
-        if option == "baseline":
-            return run_baseline(make(), ref_ds, loss_fn, args.steps, args.batch_size)
-        fmt = torch.channels_last if option == "channels_last" else torch.preserve_format  # as common.train.fit
-        precision = "bf16" if option == "bf16_autocast" else "fp32"
-        return run_ours(make().to(memory_format=fmt), data, loss_fn, args.steps, args.batch_size, gen, precision)
-
-    calls = {f"{name} {o}": partial(side, make, loss_fn, o) for name, make, loss_fn, _ in MODELS for o in sides[name]}
-    runs = interleaved({"peak": lambda r: matmul_peak(seconds=0.1 if args.smoke else 0.75), **calls}, args.repeats)
-    peak = max(runs["peak"])
-    r = {"matmul_gflops": peak, "matmul_peak": {"best_gflops": peak, "spread_gflops": [min(runs["peak"]), peak]}}
-    for name, make, loss_fn, _ in MODELS:
-        flops = train_flops_per_image(make(), data.x[:8], (data.x if loss_fn is mean_l1 else data.y)[:8], loss_fn)
-        med = {o: statistics.median(runs[f"{name} {o}"]) for o in sides[name]}
-        ours, base, gflops = med["plain"], med["baseline"], flops * med["plain"] / 1e9
-        r[name] = {"ours_img_s": ours, "baseline_img_s": base, "speedup": ours / base, "train_flops_per_img": flops,
-                   "frac_of_matmul_peak": gflops / peak, "runs_img_s": {o: runs[f"{name} {o}"] for o in med},
-                   "options": {o: {"img_s": med[o], "ratio_vs_plain": med[o] / ours} for o in sides[name][1:-1]}}
-        print(f"{name}: ours {ours:,.0f} img/s, DataLoader {base:,.0f}, {gflops / peak:.1%} of the matmul peak")
+    def run(k: str, precision: str, r: int) -> tuple[float, float]:  # round r: seed + r, for both precisions
+        return short_run(specs[k], *data[k], precision, args.seed + r)
+    runs = interleaved({f"{k} {p}": partial(run, k, p) for k in specs for p in ("fp32", "bf16")}, args.repeats)
+    r = {"rule": {"pays_speedup": PAYS_SPEEDUP, "spread_sds": SPREAD_SDS}}
+    for k, s in specs.items():
+        r[k] = {"metric": s.metric, "batch_size": s.recipe.batch_size, "steps": s.steps,
+                "channels_last": s.channels_last, **compare(runs[f"{k} fp32"], runs[f"{k} bf16"])}
+        print(f"{k}: bf16 {r[k]['speedup']:.2f}x the images/s of fp32, {s.metric} within the fp32 spread: "
+              f"{r[k]['within_spread']}; adopted: {r[k]['adopted']}")
     return r
 
 
@@ -127,40 +187,22 @@ def bench_stacking(args, n_seeds: int = 10, test_images: int = 2000) -> dict:
             "eval_ratio_stacked_over_plain": med["stacked_eval_s"] / med["plain_eval_s"]}
 
 
-def bench_recipes(args) -> dict:
-    data, test = load_mnist_splits(args)
-    rows = []
-    for name, make, loss_fn, base in MODELS:  # ex1's AE (conv_fc) and ex2's classifier
-        key = "test_loss" if loss_fn is mean_l1 else "test_acc"
-        for epochs in [1] if args.smoke else args.recipes or [4, 6, 8]:
-            recipe = replace(base, epochs=epochs, eval_every=epochs)  # one-cycle over `epochs`: shorter, not cut
-            gen = utils.seed_everything(args.seed)  # before make(): the same initial weights for every epoch count
-            history = fit(make(), data, test, recipe, gen=gen, loss_fn=loss_fn)  # its last row: the final metrics
-            rows.append({"model": name, "epochs": epochs, "recipe": asdict(recipe), "history": history})
-            print(f"{name}: {epochs} epochs, {key} {history[-1][key]:.4f} in {history[-1]['train_time_s']:.0f} s")
-    return {"rows": rows}
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=utils.positive_int, default=150, help="training steps per measurement (default 150)")
-    p.add_argument("--repeats", type=utils.positive_int, default=3, help="interleaved rounds (default 3)")
-    p.add_argument("--batch-size", type=utils.positive_int, default=128, help="batch size, as ex1/ex2 (default 128)")
-    p.add_argument("--seed", type=utils.seed_int, default=0, help="random seed (default 0)")
-    p.add_argument("--options", nargs="*", default=list(OPTIONS), choices=OPTIONS, help="speed-ups timed on the AE")
-    p.add_argument("--smoke", action="store_true", help="3 steps of 32 images, 1 round, 1 epoch, into a temp dir")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--recipes", nargs="*", type=utils.positive_int, metavar="EPOCHS", help="instead: train ex1's "
-                      "AE and ex2's classifier for each epoch count (default 4 6 8; about 20 min on 2 cores)")
-    mode.add_argument("--stacking", action="store_true", help="instead: ex4's 10 seeds, vmap-stacked or not")
+    p.add_argument("--repeats", type=utils.number(int, 2), default=3,
+                   help="interleaved rounds, each its own seed; at least 2, for a spread (default 3)")
+    p.add_argument("--seed", type=utils.seed_int, default=0, help="seed of the first round (default 0)")
+    p.add_argument("--smoke", action="store_true", help=f"{SMOKE_STEPS} steps per run, {SMOKE_PER_CLASS} Imagenette "
+                   "images per class, 2 rounds, into a temp dir")
+    p.add_argument("--stacking", action="store_true", help="instead: ex4's 10 seeds, vmap-stacked or not")
     utils.add_io_args(p)
     args = p.parse_args(argv)
-    if args.smoke:
-        args.steps, args.repeats, args.batch_size = 3, 1, min(args.batch_size, 32)
-    res_dir = utils.setup(args)[1]
-    run = bench_stacking if args.stacking else bench if args.recipes is None else bench_recipes  # -> <its name>.json
-    result = {"name": run.__name__, "config": utils.run_config(args), "machine": utils.machine(), **run(args)}
-    print(f"wrote {utils.write_json_atomic(res_dir / f'{run.__name__}.json', result)}")
+    args.repeats = 2 if args.smoke else args.repeats
+    t_start, res_dir = time.perf_counter(), utils.setup(args)[1]
+    run = bench_stacking if args.stacking else bench  # -> results/<its name>.json
+    result, precision = {"name": run.__name__, **run(args)}, "fp32+bf16" if run is bench else "fp32"
+    path = utils.write_results(res_dir / f"{run.__name__}.json", result, args, torch.device("cpu"), t_start, precision)
+    print(f"wrote {path}")
     return result
 
 

@@ -118,6 +118,13 @@ def sampling_probabilities(mu: torch.Tensor, bins: int = 10, alpha: float = 1e-3
     return {rule: v / v.sum() for rule, v in p.items()}
 
 
+def balanced_probabilities(groups: torch.Tensor) -> torch.Tensor:
+    """The oracle resampler: p (N,) float64 from the true group labels (N,) ints, each of the G groups present
+    getting the same total mass, uniform within it: p_i = 1 / (G * n_{group(i)})."""
+    _, group, counts = groups.unique(return_inverse=True, return_counts=True)
+    return 1.0 / (len(counts) * counts[group].double())
+
+
 @dataclass(frozen=True)
 class Augment:
     """Random affine per image of a float batch (B, C, H, W): shift up to +-max_shift px, zoom in [zoom_lo,

@@ -5,7 +5,8 @@ Every number over seeds is reported as `summarize(values)`:
 and every comparison of two methods run on the *same* seeds as `paired(a, b)`:
     {"mean_diff" (a - b), "ci95" (t interval of the paired differences), "p_value" (paired t-test),
      "p_value_permutation" (exact/MC sign-flip test), "n", "diffs", "verdict"}.
-The verdict word is computed here from the interval, so the report never types "higher" or "on par".
+Two classifiers scored on the same test images are compared by `mcnemar`; several secondary comparisons
+get `holm`-adjusted p-values. The verdict word is computed here, so the report never types "higher".
 """
 from __future__ import annotations
 
@@ -49,9 +50,12 @@ def sign_flip_p_value(diffs, n_resamples: int = 20000, seed: int = 0) -> float:
     return float(res.pvalue)
 
 
-def verdict(lo: float, hi: float, *, higher: str = "higher", lower: str = "lower",
+def verdict(lo: float, hi: float, *, p: float | None = None, higher: str = "higher", lower: str = "lower",
             same: str = "no significant difference") -> str:
-    """The word for a difference a - b whose 95% CI is [lo, hi]: it must exclude 0 to be a direction."""
+    """The word for a difference a - b whose 95% CI is [lo, hi]: it must exclude 0 to be a direction, and a
+    given p (e.g. Holm-adjusted, for a secondary endpoint) must be below ALPHA too."""
+    if p is not None and p >= ALPHA:
+        return same
     if lo > 0:
         return higher
     if hi < 0:
@@ -92,6 +96,31 @@ def wilson(k: int, n: int, confidence: float = 0.95) -> dict:
         raise ValueError("wilson() needs n > 0")
     ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
     return {"rate": k / n, "k": int(k), "n": int(n), "ci95": [float(ci.low), float(ci.high)]}
+
+
+def mcnemar(correct_a, correct_b, confidence: float = 0.95) -> dict:
+    """McNemar's exact test of two classifiers on the same images (one bool per image each): only the images
+    exactly one gets right count; under H0 (equal accuracy) each is a fair coin, a_only ~ Binomial(a_only +
+    b_only, 1/2) (scipy.stats.binomtest). acc_a - acc_b = (a_only - b_only) / n; its CI maps the coin's exact
+    (Clopper-Pearson) interval [q_lo, q_hi] through (2q - 1)(a_only + b_only) / n."""
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    a_only, b_only, n = int((a & ~b).sum()), int((~a & b).sum()), len(a)
+    p, ci = 1.0, [0.0, 0.0]
+    if a_only + b_only:
+        test = stats.binomtest(a_only, a_only + b_only)
+        p, q = float(test.pvalue), test.proportion_ci(confidence_level=confidence, method="exact")
+        ci = [float((2 * x - 1) * (a_only + b_only) / n) for x in (q.low, q.high)]
+    return {"acc_a": float(a.mean()), "acc_b": float(b.mean()), "diff": (a_only - b_only) / n, "ci95": ci,
+            "a_only": a_only, "b_only": b_only, "n": n, "p_value": p, "verdict": verdict(*ci, p=p)}
+
+
+def holm(p_values) -> list[float]:
+    """Holm's (1979) step-down adjusted p-values, in the input order: the i-th smallest of m times (m - i + 1),
+    made non-decreasing, capped at 1. Adjusted p < ALPHA keeps the family-wise error rate <= ALPHA."""
+    p = _floats(p_values)
+    order, adjusted = np.argsort(p, kind="stable"), np.empty_like(p)
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate(p[order] * (len(p) - np.arange(len(p)))))
+    return adjusted.tolist()
 
 
 STD_EPS = 1e-8  # floor of a standard deviation: a constant latent dimension must not divide by zero

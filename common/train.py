@@ -2,6 +2,7 @@
 `Recipe`, checkpoints every epoch, and returns one history row per epoch (losses, accuracies, lr, training seconds)."""
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, replace
@@ -13,7 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import AFFINE, TensorData, describe_exception, random_affine
-from .utils import RUNS_DIR, UserError, atomic_write, native_bf16, seed_everything
+from .utils import RUNS_DIR, UserError, atomic_write, machine, native_bf16, seed_everything
 
 EVAL_BATCH = 2000  # images per evaluation batch: one MNIST test pass is 5 batches; memory stays < 1 GB
 
@@ -43,12 +44,26 @@ def mean_l1(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 cross_entropy = nn.functional.cross_entropy
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
-    """--precision auto: "bf16" where native (CUDA GPU with bf16, AVX512-BF16/AMX), else "fp32" (emulated: slower)."""
+BENCH_JSON = Path(__file__).resolve().parent.parent / "report" / "results" / "bench.json"
+
+
+def resolve_precision(name: str, device: torch.device, model: str | None = None) -> str:
+    """--precision auto: bf16 only where it pays. On a CUDA GPU with bf16 support, yes. On a CPU only if it computes
+    bf16 natively (AVX512-BF16/AMX; emulated bf16 is ~10x slower) AND `python -m common.bench`, run on this CPU model,
+    measured bf16 faster for `model` (a bench key: ae, classifier, dbvae, cam) with its quality inside the fp32 seed
+    spread (bench.json: <model>.pays). Without such a measurement: fp32."""
     if name != "auto":
         return name
-    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else device.type == "cpu" and native_bf16()
-    return "bf16" if native else "fp32"
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type != "cpu" or model is None or not native_bf16():
+        return "fp32"
+    try:
+        bench = json.loads(BENCH_JSON.read_text())
+    except (OSError, ValueError):
+        return "fp32"
+    same_cpu = bench.get("provenance", {}).get("cpu") == machine()["cpu"]
+    return "bf16" if same_cpu and bench.get(model, {}).get("pays") is True else "fp32"
 
 
 def autocast(precision: str, device: torch.device):

@@ -124,6 +124,9 @@ def add_common_args(parser: argparse.ArgumentParser, *, epochs: int, batch_size:
     g.add_argument("--tensorboard", action="store_true", help="also log per-epoch scalars to <runs dir>/tb/<script>/")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto: cuda > mps > cpu")
     g.add_argument("--threads", type=seed_int, default=threads, help=f"CPU threads, 0 = torch's (default {threads})")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="training steps in bf16 autocast or fp32; evaluation stays fp32 (default auto: bf16 where "
+                   "python -m common.bench found it pays)")
     g.add_argument("--smoke", action="store_true", help="1-2 epochs on a tiny slice into a temp dir: checks it runs")
     return parser
 

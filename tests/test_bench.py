@@ -1,5 +1,5 @@
-"""The speed benchmark (common/bench.py): its FLOP counts against closed forms, its timing arithmetic with
-a fake clock (so a wrong formula, not a slow machine, is what fails), and its --smoke mode."""
+"""The benchmark (common/bench.py): its timing arithmetic with a fake clock (so a wrong formula, not a slow machine, is
+what fails), its seeding, the rule that decides whether bf16 pays, and its --smoke mode."""
 from __future__ import annotations
 
 import json
@@ -7,34 +7,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import needs_mnist
-from torch import nn
+from conftest import DATA_DIR, needs_mnist
 
 from common import bench
-from common.bench import interleaved, matmul_peak, run_baseline, run_ours, train_flops_per_image
+from common.bench import interleaved, matmul_peak
 from common.data import TensorData
 from common.models import LabMLP
-from common.train import cross_entropy, mean_l1
-
-
-def test_flop_count_of_an_mlp_matches_the_closed_form():
-    # LabMLP 784-64-64-10: forward 2*(784*64 + 64*64 + 64*10) flops per image, backward twice that
-    # (grad wrt inputs and wrt weights) except the first layer's input grad, which autograd skips.
-    model, b = LabMLP(), 8
-    x, y = torch.rand(b, 1, 28, 28), torch.randint(0, 10, (b,))
-    fwd = 2 * (784 * 64 + 64 * 64 + 64 * 10)
-    expected = fwd + 2 * fwd - 2 * 784 * 64
-    assert train_flops_per_image(model, x, y, cross_entropy) == expected
-
-
-def test_flop_count_of_convolutions_matches_the_closed_form():
-    """A conv layer costs 2 Cin Cout k^2 Hout Wout flops per image forward, as much again for its weight
-    gradient and, unless it is the first layer (its input needs no gradient), again for its input gradient."""
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),   # 16x16 -> 8x8
-                          nn.Conv2d(8, 4, 3, stride=1, padding=0))               # 8x8 -> 6x6
-    x = torch.rand(4, 3, 16, 16)
-    first, second = 2 * 3 * 8 * 3 * 3 * 8 * 8, 2 * 8 * 4 * 3 * 3 * 6 * 6
-    assert train_flops_per_image(model, x, torch.zeros(4, 4, 6, 6), mean_l1) == 2 * first + 3 * second
+from common.train import Recipe, cross_entropy, evaluate
 
 
 class FakeClock:
@@ -58,18 +37,45 @@ def test_matmul_peak_counts_2n3_flops_per_product_and_keeps_the_best_size(monkey
     assert matmul_peak(sizes=(64, 32), seconds=0.5) == pytest.approx(2 * 64 ** 3 / 1e-3 / 1e9)
 
 
-def test_throughput_is_images_trained_per_second(monkeypatch):
-    """Both loops report images / elapsed seconds for exactly steps * batch timed images (the untimed
-    first step aside), and really train."""
-    g = torch.Generator().manual_seed(0)
-    data = TensorData(torch.rand(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g))
+def tiny_spec(steps: int = 4) -> bench.Bench:
+    """LabMLP as a bench model: batches of 8, cross-entropy, the test loss as its metric (it moves with any update)."""
+    return bench.Bench(LabMLP, Recipe(1, lr=1e-2, batch_size=8), steps, lambda m, x, y: cross_entropy(m(x), y),
+                       "test_loss", lambda m, test: evaluate(m, test, cross_entropy)["loss"], channels_last=False)
+
+
+def random_digits(n: int, seed: int) -> TensorData:
+    g = torch.Generator().manual_seed(seed)
+    return TensorData(torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+
+def test_short_run_times_every_step_after_the_first_and_is_seeded(monkeypatch):
+    """images/s = (steps - 1) x batch / the seconds between the end of the first step and the end of the last (a clock
+    that moves 2 s per reading); the seed fixes the weights and the batches, so the test metric repeats exactly."""
+    train, test = random_digits(64, 0), random_digits(32, 1)
     monkeypatch.setattr(bench, "time", SimpleNamespace(perf_counter=FakeClock(2.0).perf_counter))
-    model = LabMLP()
-    before = [p.detach().clone() for p in model.parameters()]
-    assert run_ours(model, data, cross_entropy, 3, 8, g) == pytest.approx(3 * 8 / 2.0)
-    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))  # every layer was updated
-    dataset = torch.utils.data.TensorDataset(data.x, data.y)
-    assert run_baseline(LabMLP(), dataset, cross_entropy, 5, 8) == pytest.approx(5 * 8 / 2.0)
+    img_s, loss = bench.short_run(tiny_spec(), train, test, "fp32", seed=0)
+    assert img_s == pytest.approx(3 * 8 / 2.0)
+    torch.manual_seed(0)
+    untrained = evaluate(LabMLP(), test, cross_entropy)["loss"]  # seed 0's initial weights
+    assert loss != pytest.approx(untrained)  # it trained
+    assert bench.short_run(tiny_spec(), train, test, "fp32", seed=0)[1] == loss
+    assert bench.short_run(tiny_spec(), train, test, "fp32", seed=1)[1] != loss
+
+
+def test_bf16_pays_only_when_fast_enough_and_within_the_fp32_spread():
+    """fp32 seeds 0.90, 0.92, 0.91 (mean 0.91, std 0.01): bf16's mean must lie in 0.91 +- 0.02 and its median speed be
+    >= 1.15 x fp32's (median 100 images/s)."""
+    fp32 = [(100.0, 0.90), (120.0, 0.92), (80.0, 0.91)]
+    r = bench.compare(fp32, [(150.0, 0.915), (130.0, 0.905), (160.0, 0.92)])
+    assert r["img_s_fp32"] == 100 and r["img_s_bf16"] == 150 and r["speedup"] == pytest.approx(1.5)
+    assert r["quality"]["fp32"]["values"] == [0.90, 0.92, 0.91] and r["quality"]["fp32"]["std"] == pytest.approx(0.01)
+    assert r["bf16_minus_fp32"]["diffs"] == pytest.approx([0.015, -0.015, 0.01])  # paired by seed
+    assert r["within_spread"] and r["pays"] and r["adopted"] == "bf16"
+    worse = bench.compare(fp32, [(150.0, 0.88), (130.0, 0.89), (160.0, 0.88)])  # mean 0.8833: 0.0267 below
+    assert not worse["within_spread"] and not worse["pays"] and worse["adopted"] == "fp32"
+    slow = bench.compare(fp32, [(110.0, 0.91), (105.0, 0.91), (112.0, 0.91)])  # 1.10 x
+    assert slow["within_spread"] and not slow["pays"] and slow["adopted"] == "fp32"
+    assert bench.compare(fp32, [(115.0, 0.93)] * 3)["pays"]  # both limits count as inside: 1.15 x, 0.91 + 0.02
 
 
 def test_rounds_interleave():
@@ -83,26 +89,20 @@ def test_rounds_interleave():
 
 @pytest.mark.slow
 @needs_mnist
+@pytest.mark.skipif(not (DATA_DIR / "UTKFace").is_dir() or not (DATA_DIR / "imagenette2-160").is_dir(),
+                    reason="UTKFace or Imagenette not found")
 def test_bench_smoke_writes_structured_json(tmp_path, data_dir):
     r = bench.main(["--smoke", "--out-dir", str(tmp_path), "--data-dir", str(data_dir)])
-    assert json.loads((tmp_path / "results" / "bench.json").read_text())["config"]["steps"] == 3
-    assert r["matmul_gflops"] > 0
-    for name in ("ae", "classifier"):
+    saved = json.loads((tmp_path / "results" / "bench.json").read_text())
+    assert saved["config"]["repeats"] == 2 and saved["provenance"]["precision"] == "fp32+bf16"
+    assert r["rule"] == {"pays_speedup": bench.PAYS_SPEEDUP, "spread_sds": bench.SPREAD_SDS}
+    for name, spec in bench.MODELS.items():
         m = r[name]
-        assert m["ours_img_s"] > 0 and m["baseline_img_s"] > 0  # both paths trained
-        assert m["speedup"] == pytest.approx(m["ours_img_s"] / m["baseline_img_s"])
-        assert all(len(v) == r["config"]["repeats"] == 1 for v in m["runs_img_s"].values())
-        assert m["train_flops_per_img"] > 0
-    ae = r["ae"]
-    assert set(ae["options"]) == {"channels_last", "bf16_autocast"} and r["classifier"]["options"] == {}
-    assert set(ae["runs_img_s"]) == {"plain", "channels_last", "bf16_autocast", "baseline"}
-    cl = ae["options"]["channels_last"]
-    assert cl["ratio_vs_plain"] == pytest.approx(cl["img_s"] / ae["ours_img_s"])
-    peak = r["matmul_peak"]  # one peak measurement per round, interleaved with the model runs: one round here
-    assert peak["best_gflops"] == r["matmul_gflops"] and peak["spread_gflops"] == [r["matmul_gflops"]] * 2
-    assert ae["frac_of_matmul_peak"] == pytest.approx(ae["train_flops_per_img"] * ae["ours_img_s"] / 1e9
-                                                      / peak["best_gflops"])
-    assert r["machine"]["simd"] == torch.backends.cpu.get_cpu_capability()
+        assert m["batch_size"] == spec.recipe.batch_size and m["steps"] == bench.SMOKE_STEPS
+        assert m["img_s_fp32"] > 0 and m["speedup"] == pytest.approx(m["img_s_bf16"] / m["img_s_fp32"])
+        assert all(len(m["quality"][p]["values"]) == len(m["runs_img_s"][p]) == 2 for p in ("fp32", "bf16"))
+        assert m["adopted"] == ("bf16" if m["pays"] else "fp32") and m["metric"] == spec.metric
+    assert saved["provenance"]["simd"] == torch.backends.cpu.get_cpu_capability()
     assert not [s for s in strings(r) if len(s.split()) > 4], "prose in the results JSON"
 
 

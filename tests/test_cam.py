@@ -2,6 +2,8 @@
 a smoke run."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import DATA_DIR, assert_figure, load_result, run_script
@@ -141,15 +143,27 @@ def test_missing_or_empty_data_is_one_clear_error(tmp_path):
         load_data(tmp_path, small)
 
 
-def test_precision_auto_is_bf16_only_with_native_bf16(monkeypatch):
+def test_precision_auto_is_bf16_only_with_native_bf16_and_a_bench_that_says_it_pays(monkeypatch, tmp_path):
+    from common import train
+    from common.utils import machine
     cpu = torch.device("cpu")
-    assert [resolve_precision(p, cpu) for p in ("fp32", "bf16")] == ["fp32", "bf16"]  # explicit: as asked
+    assert [resolve_precision(p, cpu, "cam") for p in ("fp32", "bf16")] == ["fp32", "bf16"]  # explicit: as asked
+    bench = tmp_path / "bench.json"
+    monkeypatch.setattr(train, "BENCH_JSON", bench)
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's native-bf16 probes
     for probe in probes:
         monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
-    assert resolve_precision("auto", cpu) == "fp32"   # e.g. AVX2 or AVX512 without BF16: emulated, slower
+    measured = {"provenance": {"cpu": machine()["cpu"]}, "cam": {"pays": True}, "ae": {"pays": False}}
+    bench.write_text(json.dumps(measured))
+    assert resolve_precision("auto", cpu, "cam") == "fp32"   # AVX2 or AVX512 without BF16: emulated, ~10x slower
     monkeypatch.setattr(torch.cpu, probes[0], lambda: True, raising=False)
-    assert resolve_precision("auto", cpu) == "bf16"   # AVX512-BF16 (or AMX): native kernels
+    assert resolve_precision("auto", cpu, "cam") == "bf16"   # native kernels, and measured to pay for this model
+    assert resolve_precision("auto", cpu, "ae") == "fp32"    # native, but measured not to pay for this one
+    assert resolve_precision("auto", cpu) == "fp32"          # no model named: no measurement to go by
+    bench.write_text(json.dumps({"provenance": {"cpu": "another CPU"}, "cam": {"pays": True}}))
+    assert resolve_precision("auto", cpu, "cam") == "fp32"   # measured on another CPU model: not evidence here
+    bench.unlink()
+    assert resolve_precision("auto", cpu, "cam") == "fp32"   # never measured
 
 
 def test_flags_make_the_recipe():

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from conftest import DATA_DIR, assert_figure, load_result, run_script
+from conftest import DATA_DIR, load_result, run_script
 from torch.distributions import Normal
 from torch.nn import functional as F
 
@@ -23,6 +24,7 @@ from common.dbvae import (
     IMAGE_SHAPE,
     Augment,
     StandardCNN,
+    balanced_probabilities,
     batch_generators,
     dbvae_loss,
     epoch_batches,
@@ -31,15 +33,27 @@ from common.dbvae import (
 )
 from common.stats import sign_flip_p_value
 from lab_dbvae import (
-    SMOKE_MIN_DARK,
+    ALPHAS,
+    BIN_COUNTS,
+    EXPOSURE,
+    N_SEEDS,
+    PRIMARY,
+    SMOKE_MIN_RARE,
     Recipe,
-    compare_paired,
+    endpoints,
     get_args,
     group_metrics,
+    holm,
     jittered_copy,
+    latent_diagnostics,
+    make_arms,
+    mde80,
     parse_utkface_name,
     rejection_threshold,
     sampling_summary,
+    share_of_oracle,
+    training_faces,
+    underexpose,
 )
 
 HAS_FACES = (DATA_DIR / "UTKFace").is_dir() and (DATA_DIR / "imagenette2-160").is_dir()
@@ -244,20 +258,24 @@ def test_smoke_run(tmp_path):
     run_script("lab_dbvae.py", tmp_path, "--threads", "1", timeout=240)
     r = load_result(tmp_path, "lab_dbvae")
     assert r["groups"] == ["LF", "LM", "DF", "DM"] and len(r["seeds"]) >= 2
-    assert set(r["metrics"]) == {"standard", "dbvae", "standard_nodark"}
-    assert set(r["comparison"]) == {"aligned", "jittered", "mit"}
-    for t, c in r["comparison"].items():
-        assert {"endpoint", "standard", "dbvae", "mean_diff", "ci95", "p_value", "verdict"} <= set(c)
-        assert c["verdict"] in ("lower", "higher", "no significant difference")
-    for kind, m in r["metrics"].items():
-        for t in ("aligned", "jittered", "mit"):
-            assert set(m[t]["detect"]) == set(r["groups"])
-            assert 0 <= m[t]["group_var"]["mean"] <= 50 ** 2  # percent^2: at most (100/2)^2
-    assert r["data"]["dark_fractions"]["standard_nodark"] == 0.0 and r["data"]["dark_fractions"]["standard"] > 0
-    assert r["primary_endpoint"]["name"] == "jittered_group_var"
-    assert len(r["sampling"]["per_epoch"]) == r["recipe"]["epochs"] == 1
-    for name in ("groups", "paired", "sampling"):
-        assert_figure(tmp_path / "figures" / f"lab_dbvae_{name}.png")
+    assert set(r["metrics"]) == set(r["arms"]) == set(make_arms(get_args(["--smoke"])[1]))
+    assert r["test_sets"] == ["jittered", "dim", "mit"]
+    assert set(r["primary"]) == {"dose", "dbvae", "oracle", "rare"}
+    for name, e in r["endpoints"].items():
+        assert {"metric", "a", "b", "mean_diff", "ci95", "p_value", "mde80", "diffs", "verdict"} <= set(e)
+        assert e["verdict"] in ("lower", "higher", "no significant difference")
+        assert ("p_holm" in e) == (name not in r["primary"].values())  # secondary endpoints only
+    for arm, m in r["metrics"].items():
+        assert set(m["jittered"]["detect"]) == set(r["groups"])
+        assert -100 <= m["jittered"]["dark_gap"]["mean"] <= 100 and -100 <= m["dim"]["dim_gap"]["mean"] <= 100
+    assert r["dose"]["arms"][0] == "standard_dark0" and r["dose"]["fractions"][-1] == 0.5
+    assert r["sampling"]["oracle"]["per_epoch"][0]["mass"]["mean"] == pytest.approx(0.5)  # the oracle's half
+    grid = r["mass_grid"]["dbvae_dim"]["dim"]
+    assert len(grid["max"]["mean"]) == len(r["mass_grid"]["alphas"]) and len(grid["product"]["mean"][0]) == 4
+    assert 0 <= grid["probe_auc"]["mean"] <= 1
+    for name in ("dose", "oracle", "rare", "mass"):
+        path = tmp_path / "figures" / f"lab_dbvae_{name}.pdf"
+        assert path.read_bytes()[:5] == b"%PDF-" and path.stat().st_size > 5000, path
 
 
 # ----------------------------------------------------------------------------- metrics and statistics
@@ -276,7 +294,7 @@ def test_rejection_threshold_hand_computed():
 
 
 def test_group_metrics_hand_computed():
-    """Detection rate, AUC, group variance and dark gap on a tiny example, computed by hand."""
+    """Detection rate, AUC and the dark gap on a tiny example, computed by hand."""
     neg = torch.arange(100.0)                         # threshold at 99 %: the 99th smallest = 98
     faces = {"LF": torch.tensor([99.0, 120.0, 0.5, 200.0]),     # 3 of 4 above 98 -> 0.75
              "LM": torch.tensor([150.0, 150.0, 150.0, 150.0]),  # 1.0
@@ -285,11 +303,7 @@ def test_group_metrics_hand_computed():
     m = group_metrics(faces, neg, 0.99)
     assert m["threshold"] == 98.0 and m["nonface_rejected"] == 0.99
     assert m["detect"] == {"LF": 0.75, "LM": 1.0, "DF": 0.25, "DM": 0.5}
-    rates = [75.0, 100.0, 25.0, 50.0]
-    mean = sum(rates) / 4
-    assert m["group_var"] == pytest.approx(sum((r - mean) ** 2 for r in rates) / 4)   # 781.25 %^2
-    assert m["group_var"] == pytest.approx(781.25)
-    assert m["dark_gap"] == pytest.approx((75 + 100) / 2 - 25)                        # 62.5 points
+    assert m["dark_gap"] == pytest.approx((75 + 100) / 2 - (25 + 50) / 2)             # 50 points
     # AUC of LM (all above every non-face) is 1; of DF: pairs (face > neg) + 0.5 ties over 4 * 100
     assert m["auc"]["LM"] == 1.0
     wins = sum(float((f > neg).sum() + 0.5 * (f == neg).sum()) for f in faces["DF"])
@@ -315,17 +329,90 @@ def test_sign_flip_permutation_hand_computed():
     assert p2 == 14 / 16
 
 
-def test_compare_paired_verdict():
-    """DB-VAE lower on all 8 seeds by a clear margin -> "lower" (exact p = 2/256); mixed -> no difference."""
-    std = [10.0, 12.0, 9.0, 11.0, 14.0, 10.5, 13.0, 12.5]
-    db = [s - 5.0 - 0.1 * i for i, s in enumerate(std)]
-    c = compare_paired(std, db, "x")
-    assert c["mean_diff"] == pytest.approx(sum(b - a for a, b in zip(std, db)) / 8)
-    assert c["p_value"] == pytest.approx(2 / 256)
-    assert c["ci95"][1] < 0 and c["verdict"] == "lower"
-    assert compare_paired(db, std, "x")["verdict"] == "higher"
-    mixed = [s + (1.0 if i % 2 else -1.0) for i, s in enumerate(std)]
-    assert compare_paired(std, mixed, "x")["verdict"] == "no significant difference"
+def test_holm_hand_computed():
+    """Holm on 4 p-values by hand: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04; the
+    last is raised to 0.06 (step-down: never below an earlier one); capped at 1."""
+    adj = holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005})
+    assert adj == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06, "d": 0.02})
+    assert holm({"x": 0.6, "y": 0.5}) == pytest.approx({"x": 1.0, "y": 1.0})
+    assert holm({"only": 0.2}) == {"only": 0.2}
+
+
+def test_mde80_and_share_of_oracle():
+    """MDE at 80 % power from printed t-table values; the DB-VAE's share of the oracle's reduction."""
+    d = [1.0, -1.0] * 4  # n = 8, sample std sqrt(8/7)
+    # t_{0.975, 7} = 2.365, t_{0.80, 7} = 0.896 (t table)
+    assert mde80(d) == pytest.approx((2.365 + 0.896) * math.sqrt(8 / 7) / math.sqrt(8), rel=1e-3)
+    oracle = [10.0, 12.0, 8.0, 11.0, 9.0, 10.0, 13.0, 7.0]
+    s = share_of_oracle([v / 2 for v in oracle], oracle)  # half of the oracle's reduction on every seed
+    assert s["pct"] == pytest.approx(50.0) and s["ci95"] == pytest.approx([50.0, 50.0])
+    db = [1.0, 9.0, 2.0, 8.0, 0.0, 6.0, 3.0, 1.0]
+    s = share_of_oracle(db, oracle)
+    assert s["pct"] == pytest.approx(100 * sum(db) / sum(oracle))
+    assert s["ci95"][0] < s["pct"] < s["ci95"][1]
+
+
+def test_latent_diagnostics_find_a_far_cluster():
+    """8 of 400 faces far out in one latent dimension: a linear probe finds them, Algorithm 1 draws them well above
+    their 2 % share at the lab's alpha and 10 bins, and less so as alpha smooths p towards uniform."""
+    mu = torch.randn(400, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    rare = torch.zeros(400, dtype=torch.bool)
+    rare[:8] = True
+    mu[rare, 0] += 8.0
+    d = latent_diagnostics(mu, {"far": rare, "none": torch.zeros(400, dtype=torch.bool)})
+    assert set(d) == {"far"}  # a group without faces is left out
+    assert d["far"]["probe_auc"] > 0.95
+    grid = torch.tensor(d["far"]["max"])  # (alphas, bins)
+    assert grid.shape == (len(ALPHAS), len(BIN_COUNTS))
+    assert grid[ALPHAS.index(1e-3), BIN_COUNTS.index(10)] > 5 * 8 / 400
+    assert (grid[-1] < grid[0]).all()
+
+
+def test_balanced_probabilities_closed_form():
+    """The oracle: 20 rare of 2,000 faces -> each rare face 0.5 / 20, each common one 0.5 / 1980."""
+    rare = torch.zeros(2000, dtype=torch.long)
+    rare[torch.randperm(2000, generator=torch.Generator().manual_seed(0))[:20]] = 1
+    p = balanced_probabilities(rare)
+    assert p.dtype == torch.float64 and p.shape == (2000,)
+    torch.testing.assert_close(p[rare == 1], torch.full((20,), 0.5 / 20, dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(p[rare == 0], torch.full((1980,), 0.5 / 1980, dtype=torch.float64), rtol=1e-12, atol=0)
+    assert p[rare == 1].sum().item() == pytest.approx(0.5, abs=1e-12) == p[rare == 0].sum().item()
+    # three groups of 1, 2 and 7: a third each; one group alone: uniform
+    p3 = balanced_probabilities(torch.tensor([2, 0, 0, 1, 1, 1, 1, 1, 1, 1]))
+    assert p3.tolist() == pytest.approx([1 / 3] + [1 / 6] * 2 + [1 / 21] * 7)
+    assert balanced_probabilities(torch.zeros(4, dtype=torch.long)).tolist() == [0.25] * 4
+
+
+def test_underexpose_hand_computed():
+    """Every pixel value times EXPOSURE = 1/4, rounded: 255 -> 63.75 -> 64, 101 -> 25.25 -> 25, 3 -> 0.75 -> 1."""
+    assert EXPOSURE == 0.25
+    x = torch.tensor([255, 101, 3, 0], dtype=torch.uint8).view(1, 1, 2, 2).expand(2, 3, 2, 2)
+    d = underexpose(x)
+    assert d.dtype == torch.uint8 and d.shape == x.shape
+    assert d[0, 0].flatten().tolist() == [64, 25, 1, 0] and torch.equal(d[1, 2], d[0, 0])
+
+
+def test_arms_and_training_faces():
+    """The rare-feature transform: exactly round(f * N) light faces of the dim arms are underexposed versions of the
+    standard arm's faces, the others identical; the dose sets are nested prefixes of the pools."""
+    r = get_args([])[1]
+    arms = make_arms(r)
+    assert list(arms) == ["standard_dark0", "standard", "standard_dark0.1", "standard_dark0.5", "dbvae", "oracle",
+                          "standard_dim", "dbvae_dim", "oracle_dim"]
+    used = {arm for _, a, b in endpoints(r).values() for arm in (a, b) if arm}
+    assert used <= set(arms) and set(PRIMARY.values()) <= set(endpoints(r))
+    r = replace(r, train_faces=200)
+    g = torch.Generator().manual_seed(0)
+    data = SimpleNamespace(light=torch.randint(0, 256, (200, *IMAGE_SHAPE), dtype=torch.uint8, generator=g),
+                           dark=torch.randint(0, 256, (100, *IMAGE_SHAPE), dtype=torch.uint8, generator=g))
+    faces, dark, dim = training_faces(data, arms["standard"], r)
+    assert dark.sum() == 2 and dim.sum() == 0 and torch.equal(faces[-2:], data.dark[:2])
+    faces_d, dark_d, dim_d = training_faces(data, arms["dbvae_dim"], r)
+    assert torch.equal(dark_d, dark) and dim_d.sum() == 2 and not (dim_d & dark_d).any()
+    assert torch.equal(faces_d[~dim_d], faces[~dim_d]) and torch.equal(faces_d[dim_d], underexpose(faces[dim_d]))
+    assert not torch.equal(faces_d[dim_d], faces[dim_d])
+    half, d_half, _ = training_faces(data, arms["standard_dark0.5"], r)
+    assert d_half.sum() == 100 and torch.equal(half[:100], data.light[:100]) and torch.equal(half[100:], data.dark)
 
 
 def test_augment_and_jittered_copy():
@@ -358,34 +445,37 @@ def test_face_batches_pair_models():
 def test_sampling_summary_and_group_helpers():
     neg = torch.arange(100.0)  # threshold 98: a face scores 200 (detected) or 0 (not)
     same = group_metrics({g: torch.full((10,), 200.0) for g in ("LF", "LM", "DF", "DM")}, neg, 0.99)
-    assert same["group_var"] == 0.0 and same["dark_gap"] == 0.0
-    rates = {"LF": 9, "LM": 7, "DF": 5, "DM": 6}  # detected of 10: light mean 80 %, worst dark 50 %
+    assert same["dark_gap"] == 0.0
+    rates = {"LF": 9, "LM": 7, "DF": 5, "DM": 6}  # detected of 10: light mean 80 %, dark mean 55 %
     m = group_metrics({g: torch.tensor([200.0] * k + [0.0] * (10 - k)) for g, k in rates.items()}, neg, 0.99)
-    assert m["dark_gap"] == pytest.approx(30.0)
-    hist = [[{"epoch": 1, "dark_sampling_mass": 0.02, "dark_mean_p_percentile": 60.0}],  # one history per seed
-            [{"epoch": 1, "dark_sampling_mass": 0.04, "dark_mean_p_percentile": 70.0}]]
+    assert m["dark_gap"] == pytest.approx(25.0)
+    hist = [[{"epoch": 1, "rare_sampling_mass": 0.02}], [{"epoch": 1, "rare_sampling_mass": 0.04}]]  # per seed
     s = sampling_summary(hist, 0.01)
-    assert s["per_epoch"][0]["dark_mass"]["mean"] == pytest.approx(0.03)
+    assert s["per_epoch"][0]["mass"]["mean"] == pytest.approx(0.03)
     assert s["per_epoch"][0]["mass_over_share"] == pytest.approx(3.0)
 
 
 def test_cli_refuses_bad_numbers():
     for bad in (["--train-faces", "-5"], ["--dark-fraction", "1.5"], ["--alpha", "0"], ["--seeds", "-1"],
-                ["--test-per-group", "0"], ["--kl-weight", "-1"], ["--split-seed", "-1"], ["--lr", "0"]):
+                ["--test-per-group", "0"], ["--kl-weight", "-1"], ["--split-seed", "-1"], ["--lr", "0"],
+                ["--dose-fractions", "0.1", "2"], ["--dim-fraction", "0.5", "--dark-fraction", "0.6"]):
         with pytest.raises(SystemExit):
             get_args(bad)
     a, recipe = get_args([])
-    assert a.seeds == list(range(8)) and a.train_faces == 2000 and a.dark_fraction == 0.01
+    assert a.seeds == list(range(N_SEEDS)) and a.train_faces == 2000 and a.dark_fraction == 0.01 and N_SEEDS >= 8
     assert recipe == Recipe()  # the command line's defaults are the recipe at the top of the script
-    assert get_args(["--seed", "3"])[0].seeds == list(range(3, 11))  # --seed: the first of the 8 paired seeds
+    assert get_args(["--seed", "3"])[0].seeds == list(range(3, 3 + N_SEEDS))  # --seed: the first paired seed
     assert get_args(["--seed", "3", "--seeds", "5"])[0].seeds == [5]  # --seeds wins
     assert get_args(["--smoke", "--seed", "3"])[0].seeds == [3, 4]
+    q, rq = get_args(["--quick"])
+    assert len(q.seeds) == 3 and rq.epochs == 1 and rq.train_faces == 1000 and q.out_dir.name == "lab_dbvae_quick"
+    assert get_args(["--dose-fractions", "0.2", "0.3"])[1].dose_fractions == (0.2, 0.3)
 
 
 def test_smoke_recipe_keeps_dark_faces():
-    """--smoke trains on 64 faces with at least SMOKE_MIN_DARK dark ones; the fraction stays exact."""
+    """--smoke trains on 64 faces with at least SMOKE_MIN_RARE dark (and dim) ones; the fraction stays exact."""
     r = get_args(["--smoke"])[1]
     assert r.smoke and r.epochs == 1 and r.train_faces == 64
-    assert round(r.dark_fraction * r.train_faces) == SMOKE_MIN_DARK
+    assert round(r.dark_fraction * r.train_faces) == SMOKE_MIN_RARE == round(r.dim_fraction * r.train_faces)
     r = get_args(["--smoke", "--dark-fraction", "0.5"])[1]
     assert round(r.dark_fraction * r.train_faces) == 32

@@ -13,7 +13,7 @@ import ex5_finetune as ex5
 from common import fewshot
 from common.data import TensorData, first_n
 from common.models import AutoEncoder, Classifier
-from common.train import Recipe, fit, mean_l1, predict
+from common.train import Recipe, cross_entropy, evaluate, fit, mean_l1, predict
 from common.utils import UserError, seed_everything
 
 
@@ -104,27 +104,43 @@ def test_a_seed_gives_the_same_result_alone_as_among_other_seeds():
     def train_one(gen):
         model = Classifier(channels=(4, 8), hidden=16)
         return model, fit(model, few, curve, recipe, gen=gen)
-    both = fewshot.fit_seeds(train_one, [0, 1], curve, full, desc="t")
-    alone = fewshot.fit_seeds(train_one, [1], curve, full, desc="t")
+    both = fewshot.fit_seeds(train_one, [0, 1], desc="t")
+    alone = fewshot.fit_seeds(train_one, [1], desc="t")
     assert _untimed(both["history"]["1"]) == _untimed(alone["history"]["1"])
     assert both["final_test_acc"]["values"][1] == alone["final_test_acc"]["values"][0]
     assert _untimed(both["history"]["0"]) != _untimed(both["history"]["1"])  # and the seeds really differ
 
 
-def test_fit_seeds_summaries_use_the_final_evaluation_on_the_whole_test_set():
+def test_final_numbers_are_the_curves_last_point_on_the_same_test_images():
     full, few = _few_label_problem()
-    curve, recipe = full.subset(torch.arange(10)), Recipe(epochs=2, lr=1e-2, batch_size=10, schedule="constant")
+    test, recipe = fewshot.fixed_subset(full, 30), Recipe(epochs=3, lr=1e-2, batch_size=10, schedule="constant",
+                                                         eval_every=2)
+    models = []
 
     def train_one(gen):
-        model = Classifier(channels=(4, 8), hidden=16)
-        return model, fit(model, few, curve, recipe, gen=gen)
-    r = fewshot.fit_seeds(train_one, [0, 1, 2], curve, full, desc="t")
-    assert r["curve_test_size"] == 10 and r["final_test_size"] == len(full)
+        models.append(Classifier(channels=(4, 8), hidden=16))
+        return models[-1], fit(models[-1], few, test, recipe, gen=gen)
+    r = fewshot.fit_seeds(train_one, [0, 1, 2], desc="t")
     acc = r["final_test_acc"]
-    # accuracies on 96 images are multiples of 1/96; the curve subset (10 images) gives multiples of 1/10
-    assert all(abs(v * 96 - round(v * 96)) < 1e-9 for v in acc["values"])
+    for model, h, v in zip(models, r["history"].values(), acc["values"]):
+        assert [row["epoch"] for row in h if "test_acc" in row] == [2, 3]      # the curve ends at the last epoch
+        assert v == h[-1]["test_acc"] == evaluate(model, test, cross_entropy)["acc"]  # ... on these images
     assert acc["mean"] == pytest.approx(sum(acc["values"]) / 3)
     assert acc["ci95"][0] <= acc["mean"] <= acc["ci95"][1]
+    assert r["epoch_min_test_loss"]["values"] == [o["epoch_min_test_loss"] for o in r["overfitting_per_seed"]]
+
+
+def test_fixed_subset_is_one_fair_sample_whatever_the_seed():
+    full, _ = _few_label_problem(n_total=200)
+    torch.manual_seed(1)
+    a = fewshot.fixed_subset(full, 50)
+    torch.manual_seed(2)
+    b = fewshot.fixed_subset(full, 50)
+    assert torch.equal(a.index, b.index) and torch.equal(a.x, b.x)            # global seed does not matter
+    assert len(a.index.unique()) == 50 and torch.equal(a.index, a.index.sort().values)
+    assert not torch.equal(a.index, torch.arange(50)) and a.index.max() > 150  # not the first 50
+    assert torch.equal(a.y, full.y[a.index])
+    assert torch.equal(fewshot.fixed_subset(full, 500).index, torch.arange(200))  # n >= len: all of them
 
 
 def test_confident_per_class_against_a_hand_computation():
@@ -161,7 +177,7 @@ def test_selftrain_never_reads_a_label_beyond_the_labelled_set():
     ae = AutoEncoder(channels=(4, 8))
     out = []
     for f in (full, scrambled):
-        data = fewshot.FewLabelData(full_train=f, train=first_n(f, 20), curve_test=few, test=few)
+        data = fewshot.FewLabelData(full_train=f, train=first_n(f, 20), test=few)
         model, hist = ex5.selftrain_fn(args, ae, data, torch.device("cpu"))(seed_everything(0))
         out.append((hist, predict(model, full.x, torch.device("cpu"))))
     assert _untimed(out[0][0]) == _untimed(out[1][0])
@@ -182,7 +198,7 @@ def test_ex4_smoke_uses_exactly_the_first_100_examples(tmp_path, data_dir):
         assert {"mean", "std", "ci95", "values"} <= r[key].keys() and len(r[key]["values"]) == len(r["seeds"])
     assert len(r["seeds"]) >= 2
     assert r["overfitting"]["epoch_min_test_loss"] in [row["epoch"] for row in r["mean_history"]]
-    assert (tmp_path / "figures" / "ex4_curves.png").exists()
+    assert (tmp_path / "figures" / "ex4_curves.pdf").exists()
 
 
 @pytest.mark.slow
@@ -197,7 +213,7 @@ def test_ex5_smoke_trains_missing_autoencoder_and_all_variants(tmp_path):
         if name != "scratch":
             assert {"mean_diff", "ci95", "p_value"} <= v["vs_scratch"].keys()
     assert r["train_indices"] == list(range(100))
-    assert (tmp_path / "figures" / "ex45_compare.png").exists()
+    assert (tmp_path / "figures" / "ex45_compare.pdf").exists()
 
 
 @pytest.mark.slow
@@ -218,6 +234,8 @@ def test_seed_flags_mean_what_they_say():
     assert fewshot.resolve_seeds(ns()) == list(range(10))
     assert fewshot.resolve_seeds(ns(seed=7, n_seeds=3)) == [7, 8, 9]   # --seed is the first seed
     assert fewshot.resolve_seeds(ns(seeds=[11, 12])) == [11, 12]
+    assert fewshot.resolve_seeds(ns(n_seeds=None)) == list(range(10))    # no --n-seeds: the script's default
+    assert fewshot.resolve_seeds(ns(seed=100, n_seeds=None), 3) == [100, 101, 102]
     with pytest.raises(UserError, match="duplicates"):
         fewshot.resolve_seeds(ns(seeds=[1, 1]))
 

@@ -266,7 +266,7 @@ def test_ex1_resume_with_foreign_checkpoint_is_a_clear_error(tmp_path):
 def test_ex2_smoke_writes_results_and_figures(tmp_path):
     run_script("ex2_classifier.py", tmp_path)
     r = load_result(tmp_path, "ex2")
-    assert 0 <= r["test_acc"] <= 1 and set(r["baselines"]) == {"lab2_cnn", "lab_mlp", "skip_mlp"}
+    assert 0 <= r["test_acc"]["mean"] <= 1 and set(r["baselines"]) == {"lab2_cnn", "lab_mlp", "skip_mlp"}
     assert all("test_acc" in b for b in r["baselines"].values())
     for f in ["ex2_curves.pdf", "ex2_baselines.pdf", "ex2_shift.pdf"]:  # curve plots: vector
         assert (tmp_path / "figures" / f).read_bytes().startswith(b"%PDF"), f

@@ -67,3 +67,26 @@ def test_bootstrap_ci_contains_the_mean_and_narrows_with_n():
     large = stats.bootstrap_ci([0.1, 0.3, 0.2, 0.4, 0.25] * 8)
     assert small[0] < 0.25 < small[1]
     assert large[1] - large[0] < small[1] - small[0]
+
+
+def test_mcnemar_matches_the_exact_binomial_sum_on_the_discordant_images():
+    # 10 images only a gets right, 2 only b, 88 both or neither: p = 2 P(X <= 2), X ~ Binomial(12, 1/2)
+    a = [True] * 10 + [False] * 2 + [True] * 80 + [False] * 8
+    b = [False] * 10 + [True] * 2 + [True] * 80 + [False] * 8
+    p = 2 * sum(math.comb(12, k) for k in range(3)) / 2 ** 12   # 158 / 4096
+    r = stats.mcnemar(a, b)
+    assert (r["a_only"], r["b_only"], r["n"]) == (10, 2, 100) and r["diff"] == pytest.approx(0.08)
+    assert r["p_value"] == pytest.approx(p) and p == pytest.approx(0.0386, abs=1e-4)
+    assert r["ci95"][0] > 0 and r["verdict"] == "higher" and stats.mcnemar(b, a)["verdict"] == "lower"
+    # 7 against 5 discordant: p = 2 P(X >= 7) = 2 * 1586 / 4096 > 0.05, whatever the concordant count
+    c = stats.mcnemar([True] * 7 + [False] * 5 + [True] * 50, [False] * 7 + [True] * 5 + [True] * 50)
+    assert c["p_value"] == pytest.approx(2 * 1586 / 4096) and c["verdict"] == "no significant difference"
+    assert stats.mcnemar([True, False], [True, False])["p_value"] == 1.0  # no discordant image
+
+
+def test_holm_adjusts_step_down_and_keeps_the_order():
+    # sorted 0.01, 0.03, 0.04 times 3, 2, 1 = 0.03, 0.06, 0.04 -> non-decreasing: 0.03, 0.06, 0.06
+    assert stats.holm([0.04, 0.01, 0.03]) == pytest.approx([0.06, 0.03, 0.06])
+    assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # 0.5 * 2 capped at 1
+    assert stats.holm([0.02]) == pytest.approx([0.02])          # one test: nothing to adjust
+    assert stats.verdict(0.01, 0.2, p=0.06) == "no significant difference"
