@@ -6,7 +6,9 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent          # report/
@@ -17,7 +19,8 @@ SOURCE, README = HERE / "ex2.typ", HERE.parent / "README.md"
 DEFAULT_EPOCH = 1704067200  # 2024-01-01, the PDF's date: same sources, same bytes; $SOURCE_DATE_EPOCH overrides it
 EXPERIMENTS = {RESULTS.get(s, s): f"python {cmd}" for s, cmd in STAGES.items() if RESULTS.get(s, s)}  # name -> command
 PROVENANCE = ("dirty", "cpu", "simd", "threads", "device", "precision")  # provenance keys in the table, and the commit
-FIGURE_TYPES = (".pdf", ".svg", ".png")  # plots are vector PDF, image grids PNG; ex2.typ names a figure by its stem
+FIGURE_TYPES = (".pdf", ".svg", ".png", ".jpg")  # plots vector PDF, image grids PNG; ex2.typ names a figure by its stem
+PHOTO_BYTES = 400_000  # a PNG grid this large holds photographs (the CAM overlays): the PDF embeds it as a JPEG
 # figure stems in report/figures/ that ex2.typ deliberately does not place -> why; it must place every other one
 UNUSED_FIGURES = {"ex2_curves": "our classifier's curves alone: ex2_baselines shows them beside the baselines'",
                   "ex4_curves_time": "the from-scratch curves against time are the grey lines of ex45_compare_time"}
@@ -72,15 +75,33 @@ def provenance_table(results: dict) -> list[dict]:
     return rows
 
 
+def print_copies(figures_dir: Path, into: Path) -> Path:
+    """The figures as the PDF embeds them: a large PNG (photographs) as a JPEG at quality 90, about a tenth of the
+    bytes (PNG's lossless deflate compresses photos poorly); every other figure as it is."""
+    from PIL import Image
+    for name in figure_files(figures_dir):
+        src = figures_dir / name
+        if src.suffix == ".png" and src.stat().st_size > PHOTO_BYTES:
+            Image.open(src).convert("RGB").save(into / (src.stem + ".jpg"), quality=90)
+        else:
+            shutil.copy2(src, into / name)
+    return into
+
+
 def build(out: Path, results_dir: Path, figures_dir: Path) -> dict:
+    with tempfile.TemporaryDirectory(dir=HERE, prefix=".print-") as tmp:  # inside Typst's root, removed afterwards
+        return compile_report(out, results_dir, figures_dir.resolve(), print_copies(figures_dir.resolve(), Path(tmp)))
+
+
+def compile_report(out: Path, results_dir: Path, figures_dir: Path, print_dir: Path) -> dict:
     import typst  # imported here so --help works without it
 
-    out, results, figures_dir = out.resolve(), load_results(results_dir), figures_dir.resolve()
-    figures = figure_files(figures_dir)
-    root = Path(os.path.commonpath([HERE, figures_dir]))  # Typst reads no file outside its root
+    out, results = out.resolve(), load_results(results_dir)
+    figures = figure_files(print_dir)
+    root = Path(os.path.commonpath([HERE, print_dir]))  # Typst reads no file outside its root
     # the results go in as JSON text (cleaned of NaN); "," separates the figure names
     inputs = {"figures": ",".join(figures), "scripts": json.dumps(EXPERIMENTS),
-              "figures_dir": "/" + figures_dir.relative_to(root).as_posix() if figures_dir != root else "/",
+              "figures_dir": "/" + print_dir.relative_to(root).as_posix(),
               "provenance": json.dumps(provenance_table(results)),
               **{f"json_{name}": json.dumps(obj) for name, obj in results.items()}}
     kw = dict(root=str(root), sys_inputs=inputs, timestamp=int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_EPOCH)))

@@ -292,7 +292,7 @@ def test_build_stops_on_a_missing_result_or_figure_with_the_command_to_run(tmp_p
     synthetic_results(tmp_path)
     (tmp_path / "figures" / "ex3_tsne.png").unlink()
     proc = run_build("--out-dir", tmp_path, "--pdf", tmp_path / "nofig.pdf", ok=False)
-    assert "figure ex3_tsne: expected one of report/figures/ex3_tsne.{pdf,svg,png}" in proc.stderr
+    assert "figure ex3_tsne: expected one of report/figures/ex3_tsne.{pdf,svg,png,jpg}" in proc.stderr
 
 
 @pytest.mark.slow
@@ -459,3 +459,7 @@ def test_load_results_keeps_json_objects_only(tmp_path, capsys):
         (tmp_path / f"{name}.json").write_text(text)
     assert mod.load_results(tmp_path) == {"ok": {"a": None}}  # NaN read as null; the others count as missing
     assert "broken.json" in capsys.readouterr().err
+
+
+def test_committed_pdf_is_at_most_3_mb():  # the photo grids go in as JPEG (build.print_copies); PNG made it 6.5 MB
+    assert (REPO / "report" / "ex2.pdf").stat().st_size <= 3 * 1024 ** 2
