@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -29,7 +26,7 @@ from common.fewshot import aggregate_histories, fixed_subset
 from common.models import AE_RECIPE, AutoEncoder, count_parameters
 from common.plots import image_grid, plot_curves
 from common.stats import paired, summarize
-from common.train import fit, mean_l1, predict, resolve_precision, tensorboard_dir
+from common.train import FLAT_GAIN, fit, fit_parallel, flattening, mean_l1, predict, resolve_precision, tensorboard_dir
 from common.utils import add_common_args, add_model_args, positive_int, run_main, seed_everything, setup, write_results
 
 # The recipe: AdamW + one-cycle, batch 128, over all 60,000 images. It lives in common/models.py because ex3 and
@@ -37,9 +34,9 @@ from common.utils import add_common_args, add_model_args, positive_int, run_main
 # seeds 0.7 % conv_fc, 0.9 % conv; with 6 epochs 1.7 %); each run's own gains are in flattening.*.
 RECIPE = AE_RECIPE
 VARIANTS = {"conv": False, "conv_fc": True}  # name -> a fully connected layer at the latent level
+LABELS = {"conv": "conv only", "conv_fc": "conv + FC"}  # in the figures
 PRIMARY = "test_l1_conv_fc_minus_conv"
 N_SEEDS = 3       # the fewest paired seeds with a finite t interval of useful width (2 degrees of freedom)
-FLAT_GAIN = 0.01  # a test curve is flat when its last epoch improves the test L1 by less than 1 %
 CURVE_IMAGES = 2000  # the per-epoch test curves: a fixed random 2,000 test images (all 10,000 every epoch would add
                      # 10 % to the training time); every reported test L1 is over all 10,000
 # Collapse: an autoencoder that ignores its input reconstructs every digit as (nearly) the same image.
@@ -57,34 +54,6 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-seeds", type=positive_int, default=N_SEEDS,
                    help=f"train each variant from the seeds --seed .. --seed+n-1 (default {N_SEEDS})")
     return p.parse_args(argv)
-
-
-def fit_parallel(jobs: list, device: torch.device) -> list:
-    """The results of the callables `jobs`, in order. On a CPU they run side by side, one thread each: these
-    small convolutions gain little from a second thread within a run, two runs on two cores use both fully.
-    Each job's model is built beforehand and shuffles with its own generator: the interleaving changes nothing."""
-    workers = min(len(jobs), len(os.sched_getaffinity(0))) if device.type == "cpu" else 1
-    if workers == 1:
-        return [job() for job in jobs]
-    threads = torch.get_num_threads()
-    pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))  # OpenMP: per thread
-    try:
-        return list(pool.map(lambda job: job(), jobs))
-    except KeyboardInterrupt:  # a worker inside a torch kernel cannot be stopped, and an interpreter that shuts
-        # down around one aborts: end here, at once (checkpoints are written after every epoch)
-        print("\ninterrupted; resume with --resume (continues after the last finished epoch)", file=sys.stderr)
-        os._exit(130)
-    finally:
-        pool.shutdown(cancel_futures=True)  # after an error in one job: no new ones
-        torch.set_num_threads(threads)
-
-
-def flattening(history: list[dict]) -> dict:
-    """The test-L1 curve, each epoch's relative gain over the one before, and whether the last gain < FLAT_GAIN."""
-    l1 = [row["test_loss"] for row in history if "test_loss" in row]
-    gains = [(a - b) / a for a, b in zip(l1, l1[1:])]
-    return {"test_l1": l1, "rel_gain": gains, "last_rel_gain": gains[-1] if gains else None,
-            "flat": bool(gains) and gains[-1] < FLAT_GAIN}
 
 
 def pca_l1(train_x: torch.Tensor, test_x: torch.Tensor, d: int, seed: int) -> dict:
@@ -152,13 +121,15 @@ def main(argv=None) -> dict:
                "pca_explained_variance": pca["explained_variance"],
                "all_black_test_l1": test.x.mean().item()}  # the L1 of predicting 0 everywhere
 
-    rows = {"input": test.x[:N_SHOW], **{f"AE {n}, seed {seeds[0]}\nL1={variants[n]['test_l1']['values'][0]:.4f}":
-                                        rs[0][1][:N_SHOW] for n, rs in runs.items()},
+    first_l1 = {n: variants[n]["test_l1"]["values"][0] for n in runs}  # the first seed's, shown with its digits
+    rows = {"input": test.x[:N_SHOW], **{f"AE {LABELS[n]}, seed {seeds[0]}\nL1={first_l1[n]:.4f}": rs[0][1][:N_SHOW]
+                                        for n, rs in runs.items()},
             f"PCA-{args.latent_dim}\nL1={pca['test_l1']:.4f}": pca["recon"][:N_SHOW]}
     image_grid(rows, fig_dir / "ex1_reconstructions.png",
                f"MNIST test digits and their reconstructions from a d={args.latent_dim} code", N_SHOW, rows=True)
-    plot_curves(hist, fig_dir / "ex1_loss.png", f"Autoencoder mean-L1 per epoch (d={args.latent_dim}; mean ± std, "
-                f"{len(seeds)} seeds)", metrics=(("loss", "mean L1"),), logy_loss=True,
+    plot_curves({LABELS[n]: h for n, h in hist.items()}, fig_dir / "ex1_loss.png",
+                f"Autoencoder mean-L1 per epoch (d={args.latent_dim}; mean ± std, {len(seeds)} seeds)",
+                metrics=(("loss", "mean L1"),), logy_loss=True,
                 hlines={f"PCA-{args.latent_dim} test": pca["test_l1"]})
 
     path = write_results(res_dir / "ex1.json", results, args, device, t_start, precision)

@@ -9,7 +9,7 @@ by the same loop with the same seeds (--seed, --n-seeds) and compared with ours 
 Q2(d) (report/theory.typ), with the first --shift-seeds seeds: the test accuracy as the test digits are shifted
 by 0..--shift-max pixels in each direction, of the classifier trained with and without the augmentation and of
 a control whose head averages over space (GAPClassifier, not augmented: shift tolerant by construction).
-The runs are trained --workers at a time, one process each, in bf16 where the hardware computes it (--precision).
+The runs are trained side by side on a CPU, one per core, in bf16 where the hardware computes it (--precision).
 
     python ex2_classifier.py            # full run: report/figures/ex2_*.pdf, report/results/ex2.json
     python ex2_classifier.py --smoke    # seconds, into a temp dir
@@ -18,27 +18,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import multiprocessing
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
 from common import utils
 from common.data import AFFINE, first_n, load_mnist_splits, shift_images
 from common.models import CLASSIFIER_RECIPE, Classifier, GAPClassifier, Lab2CNN, LabMLP, SkipMLP, count_parameters
 from common.plots import plot_curves, shift_curves
 from common.stats import holm, mcnemar, paired, summarize, verdict, wilson
-from common.train import fit, predict, resolve_precision, tensorboard_dir
+from common.train import fit, fit_parallel, predict, resolve_precision, tensorboard_dir
 from common.utils import add_common_args, add_model_args, positive_int, run_main, seed_everything, setup, write_results
 
 # The recipe: AdamW + one-cycle, batch 128, all 60,000 images, random shifts and rotations of the training
 # digits. It lives in common/models.py because ex3 trains this classifier when it is missing.
 RECIPE = CLASSIFIER_RECIPE
 BASELINES = {"lab2_cnn": Lab2CNN, "lab_mlp": LabMLP, "skip_mlp": SkipMLP}
+LABELS = {"lab2_cnn": "MIT Lab 2 CNN", "lab_mlp": "LAB01 MLP", "skip_mlp": "LAB01 MLP + skips"}  # in the figures
 PRIMARY = "lab2_cnn"  # the strongest baseline: "ours vs lab2_cnn" is the question that gets the verdict
 SHIFT_MODELS = {"augmented": (Classifier, AFFINE, "FC head, augmented"),  # Q2(d): (network, augment, label)
                 "not_augmented": (Classifier, "none", "FC head, not augmented"),
@@ -53,9 +49,6 @@ def get_args(argv=None) -> argparse.Namespace:
     add_common_args(p, epochs=RECIPE.epochs, batch_size=RECIPE.batch_size, lr=RECIPE.lr)
     add_model_args(p)
     p.add_argument("--n-seeds", type=at_least_2, default=5, help="seeds --seed, ..., --seed+n-1 (default 5)")
-    p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="runs trained at once, each in "
-                   "a process of --threads threads (0: one); default one per core: these small nets gain little from "
-                   "a second thread")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=RECIPE.augment != "none",
                    help=f"augment the training digits ({AFFINE}; default on)")
     p.add_argument("--baselines", nargs="*", choices=list(BASELINES), default=list(BASELINES),
@@ -82,37 +75,31 @@ def plan(args, seeds: list[int], recipe) -> list[tuple]:
                    for k in args.baselines for s in seeds]
 
 
-WORKER = {}  # what each training process loads once: its arguments and the MNIST splits
-
-
-def init_worker(args, precision: str, runs_dir) -> None:
-    torch.set_num_threads(args.threads or 1)
-    WORKER.update(args=args, precision=precision, runs_dir=runs_dir, data=load_mnist_splits(args),
-                  device=utils.pick_device(args.device))
-
-
-def train_run(job: tuple) -> dict:
-    """One network trained with one seed, built and trained right after seeding (initial weights and batch
-    order follow the seed, whatever process runs it): its history, which test images it gets right (N,) bool,
-    and with `shift` its shift-test accuracies (directions, shifts). Only the --seed runs of ours and of the
+def build_run(job: tuple, args, train, test, device, runs_dir, precision):
+    """The plan's `job`: its network built here, right after seeding (the initial weights follow the seed alone), and
+    the job that trains it with its own generator and returns its history, which test images it gets right (N,) bool
+    and, with `shift`, its shift-test accuracies (directions, shifts). Only the --seed runs of ours and of the
     baselines are evaluated every epoch (the curves); runs/ex2_classifier.pt is ours, which ex3 reuses."""
     key, seed, recipe, shift = job
-    args, runs_dir, device, (train, test) = WORKER["args"], WORKER["runs_dir"], WORKER["device"], WORKER["data"]
     seed_everything(seed)
     net = SHIFT_MODELS.get(key, (Classifier,))[0]  # ours and the shift test's networks: sized by the model flags
     model = BASELINES[key]() if key in BASELINES else net(args.latent_dim, args.channels, hidden=args.hidden)
+    model, gen = model.to(device), seed_everything(seed)
     curves = seed == args.seed and key not in SHIFT_MODELS
     ckpt = "ex2_classifier.pt" if key == "classifier" and curves else f"ex2_{key}_seed{seed}.pt"
     last_only = dataclasses.replace(recipe, eval_every=recipe.epochs)  # the last epoch is always evaluated
-    hist = fit(model.to(device), train, test, recipe if curves else last_only,
-               gen=seed_everything(seed), precision=WORKER["precision"], ckpt_path=runs_dir / ckpt, resume=args.resume,
-               tb_dir=tensorboard_dir(args, f"ex2/{key}_seed{seed}", runs_dir))
-    out = {"seed": seed, "history": hist, "params": count_parameters(model), "train_size": len(train),
-           "correct": (predict(model, test.x, device).argmax(1) == test.y).numpy()}
-    if shift:
-        rates = shift_test(model, first_n(test, args.shift_images), list(range(args.shift_max + 1)), device)
-        out["shift"] = np.array([[p["rate"] for p in rates[d]] for d in DIRECTIONS])  # (directions, shifts)
-    return out
+    tb = tensorboard_dir(args, f"ex2/{key}_seed{seed}", runs_dir)
+
+    def run() -> dict:
+        hist = fit(model, train, test, recipe if curves else last_only, gen=gen, precision=precision,
+                   ckpt_path=runs_dir / ckpt, resume=args.resume, tb_dir=tb)
+        out = {"seed": seed, "history": hist, "params": count_parameters(model),
+               "correct": (predict(model, test.x, device).argmax(1) == test.y).numpy()}
+        if shift:
+            rates = shift_test(model, first_n(test, args.shift_images), list(range(args.shift_max + 1)), device)
+            out["shift"] = np.array([[p["rate"] for p in rates[d]] for d in DIRECTIONS])  # (directions, shifts)
+        return out
+    return run
 
 
 def shift_test(model, test, shifts: list[int], device) -> dict:
@@ -177,7 +164,7 @@ def shift_summary(args, runs: dict, fig_dir) -> dict:
 
 def write_figures(args, results: dict, fig_dir) -> None:
     """Loss and accuracy per epoch of our classifier, and of the baselines beside it (the first seed's runs)."""
-    runs = {"encoder+MLP": results["history"], **{n: b["history"] for n, b in results["baselines"].items()}}
+    runs = {"encoder+MLP": results["history"], **{LABELS[n]: b["history"] for n, b in results["baselines"].items()}}
     plot_curves(dict(list(runs.items())[:1]), fig_dir / "ex2_curves.png", f"ex2 classifier (encoder d="
                 f"{args.latent_dim} + MLP), seed {args.seed}: loss and accuracy per epoch", logy_loss=True)
     if len(runs) > 1:
@@ -189,20 +176,20 @@ def main(argv=None) -> dict:
     args = get_args(argv)
     fig_dir, res_dir, runs_dir, device = setup(args)
     t_start, precision = time.perf_counter(), resolve_precision(args.precision, device, "classifier")
+    train, test = load_mnist_splits(args)
     seeds = list(range(args.seed, args.seed + (2 if args.smoke else args.n_seeds)))
     if args.smoke:
         args.epochs, args.baseline_epochs = 1, 1
     recipe = dataclasses.replace(RECIPE.override(args), augment=AFFINE if args.augment else "none")
     jobs = plan(args, seeds, recipe)
-    print(f"ex2: {len(jobs)} runs ({args.workers} at once), device={device}, {precision}, seeds {seeds}")
-    with ProcessPoolExecutor(min(args.workers, len(jobs)), multiprocessing.get_context("spawn"), init_worker,
-                             (args, precision, runs_dir)) as pool:
-        runs = {}  # network -> its runs, in seed order
-        for (key, *_), r in zip(jobs, tqdm(pool.map(train_run, jobs), total=len(jobs), desc="ex2 runs")):
-            runs.setdefault(key, []).append(r)
+    print(f"ex2: {len(jobs)} runs, device={device}, {precision}, seeds {seeds}")
+    runs = {}  # network -> its runs, in seed order
+    built = [build_run(j, args, train, test, device, runs_dir, precision) for j in jobs]  # seeded in plan order
+    for (key, *_), r in zip(jobs, fit_parallel(built, device, desc="ex2 runs")):
+        runs.setdefault(key, []).append(r)
     ours, baselines = runs["classifier"], {k: runs[k] for k in args.baselines}
     results = {"name": "ex2", "seeds": seeds, "recipe": dataclasses.asdict(recipe),
-               "train_size": ours[0]["train_size"], "test_size": len(ours[0]["correct"]), **summary(ours),
+               "train_size": len(train), "test_size": len(test), **summary(ours),
                "baselines": {k: summary(b) for k, b in baselines.items()},
                "comparisons": compare_baselines(ours, baselines)}
     if args.shift_max:  # Q2(d) measured: the same recipe with and without augmentation, and the GAP-head control

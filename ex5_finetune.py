@@ -53,8 +53,8 @@ VARIANTS = {  # name -> (encoder from the AE?, freeze it?, augment?, label)
     "finetune": (True, False, False, "ex5: AE encoder, fine-tuned"),
     "finetune_lowlr": (True, False, False, "beyond: fine-tuned, slower encoder lr"),
     "frozen_encoder": (True, True, False, "beyond: AE encoder frozen"),
-    "finetune_augment": (True, False, True, "beyond: fine-tuned + augmentation"),
-    "frozen_augment": (True, True, True, "beyond: frozen + augmentation"),
+    "finetune_augment": (True, False, True, "beyond: fine-tuned, augmented"),
+    "frozen_augment": (True, True, True, "beyond: frozen, augmented"),
     "selftrain": (True, False, True, "beyond: semi-supervised self-training"),
 }
 DEFAULT = [v for v in VARIANTS if v != "selftrain"]
@@ -208,7 +208,7 @@ def plot_variants(variants: dict, path, title: str, x: str = "epoch"):
                 ax.plot(xs, ys, style, color=color, lw=1)
                 if split == "test":
                     ax.fill_between(xs, ys - sd, ys + sd, color=color, alpha=0.2, lw=0)
-            axes[0, col].set_title(name.replace("_", " "))
+            axes[0, col].set_title(VARIANTS[name][3].split(": ")[-1].replace(", ", ",\n"))  # its label
             axes[1, col].set_xlabel({"epoch": "epoch", "train_time_s": "training time (s)"}[x])
         axes[0, 0].set_ylabel("loss"), axes[1, 0].set_ylabel("accuracy")
         handles = [Line2D([], [], color=c, ls=ls, lw=1, label=lab) for c, ls, lab in (

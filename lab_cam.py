@@ -174,7 +174,7 @@ def write_figures(ev: dict, val: TensorData, names: list[str], hist, fig_dir) ->
                                 f"CAMs of the predicted class on Imagenette val (val acc {ev['acc']:.1%}), "
                                 f"classes {first + 1}–{last} of {len(names)}", list(KIND_TITLES.values()))
     plot_curves({"CAM CNN": hist}, fig_dir / "lab_cam_curves.pdf",
-                "lab_cam: loss (label-smoothed CE) and accuracy per epoch; 'test' = official val split")
+                "CAM CNN: loss (label-smoothed CE) and accuracy per epoch; 'test' = official val split")
     return examples
 
 

@@ -34,8 +34,8 @@ from sklearn.model_selection import cross_val_score
 from tqdm.auto import tqdm
 
 from common import dbvae, stats, utils
-from common.data import IMAGENETTE_CLASSES, decode_images, imagenette_split, require_images
-from common.dbvae import AUGMENT, DBVAE, IMAGE_SHAPE, StandardCNN, dbvae_loss
+from common.data import decode_images, imagenette_split, require_images
+from common.dbvae import AUGMENT, DBVAE, IMAGE_SHAPE, NONFACE_CLASSES, StandardCNN, dbvae_loss
 from common.plots import plt, save
 from common.train import (
     TensorBoardLog,
@@ -77,7 +77,10 @@ class Recipe:
     precision: str = "auto"  # of the training steps: --precision, resolved in main() to bf16 where it pays or fp32
 
 
-N_SEEDS = 10  # paired training seeds: 9 arms x 10 seeds take ~12 of the 15 min on 2 idle CPU cores
+# paired training seeds per question, by the rare faces of its arms. The dim-face gap reductions spread over seeds ~4x
+# more than the dark ones (per-seed sd ~42 vs 6-16 points over 20 seeds): 24 seeds give a paired t-test ~80 % power
+# for a 26-point reduction, 10 seeds ~80 % for 6-16 points. The dark arms train on the first SEEDS["dark"] seeds.
+SEEDS = {"dark": 10, "dim": 24}
 QUICK_SEEDS, QUICK_EPOCHS, QUICK_FACES = 3, 1, 1000  # --quick: minutes, for iterating on the code
 # --smoke: 64 training faces, at least 4 of them dark (and 4 dim) so that every code path runs
 SMOKE_FACES, SMOKE_MIN_RARE, SMOKE_TEST_PER_GROUP = 64, 4, 8
@@ -85,8 +88,6 @@ SMOKE_NEGS, SMOKE_MIT_PER_GROUP = (64, 32), 4  # non-faces (train, test) and MIT
 # group -> (race, gender) in UTKFace names: race 0 White = light, 1 Black = dark (annotators' labels); gender 1 female
 GROUPS = {"LF": (0, 1), "LM": (0, 0), "DF": (1, 1), "DM": (1, 0)}
 LIGHT, DARK = 0, 1
-NEG_CLASSES = {w: IMAGENETTE_CLASSES[w] for w in ("n02979186", "n03028079", "n03417042", "n03425413",
-                                                  "n03445777", "n03888257")}  # Imagenette without people
 REJECT = 0.99  # the detection threshold rejects this share of the held-out non-faces
 EXPOSURE = 0.25  # dim faces: pixel values x 1/4 (two stops under); the lab's CNN detects them ~40 points less often
 ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # Algorithm 1's smoothing, around the lab's 1e-3 up to a near-uniform p
@@ -112,13 +113,14 @@ def get_args(argv=None) -> tuple[argparse.Namespace, Recipe]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # 1 thread: batch-32 convs gain little from a 2nd; on a shared 2-core machine 2 threads were ~10x slower
     add_common_args(p, epochs=Recipe.epochs, batch_size=Recipe.batch_size, lr=Recipe.lr, schedule="constant", threads=1)
-    p.add_argument("--seeds", type=utils.seed_int, nargs="+", help=f"paired seeds (default: {N_SEEDS} from --seed on)")
+    p.add_argument("--seeds", type=utils.seed_int, nargs="+", help=f"paired seeds (default: {SEEDS['dim']} from --seed "
+                   f"on); the dark-face arms train on the first {SEEDS['dark']} of them, the dim-face arms on all")
     p.add_argument("--quick", action="store_true", help=f"{QUICK_SEEDS} seeds, {QUICK_EPOCHS} epoch, {QUICK_FACES} "
                    "training faces, in runs/lab_dbvae_quick/ unless --out-dir: a run for iterating")
     for f in [f for f in fields(Recipe) if f.metadata]:  # the Recipe fields with a flag of their own
         p.add_argument("--" + f.name.replace("_", "-"), default=f.default, **f.metadata)
     args = p.parse_args(argv)
-    args.seeds = args.seeds or list(range(args.seed, args.seed + N_SEEDS))
+    args.seeds = args.seeds or list(range(args.seed, args.seed + SEEDS["dim"]))
     args.dose_fractions = tuple(args.dose_fractions)  # a Recipe is hashable and compares equal to the defaults
     if args.smoke:  # two seeds, the fewest for a paired comparison
         args.epochs, args.seeds = 1, args.seeds[:2]
@@ -137,6 +139,11 @@ def get_args(argv=None) -> tuple[argparse.Namespace, Recipe]:
 def dose_fractions(r: Recipe) -> list[float]:
     """The dark shares of the standard CNN's dose-response, the resampling arms' one among them."""
     return sorted({*r.dose_fractions, r.dark_fraction})
+
+
+def arm_seeds(arm: Arm, seeds: list[int]) -> list[int]:
+    """The paired seeds an arm trains on: the first SEEDS[arm.rare] of the run's seeds."""
+    return list(seeds[:SEEDS[arm.rare]])
 
 
 def dose_arm(r: Recipe, fraction: float) -> str:
@@ -203,7 +210,7 @@ def load_lab_data(data_dir, recipe: Recipe) -> LabData:
     if n > len(light) or n_dark > len(dark) or min(len(v) for v in test.values()) == 0:
         raise UserError(f"UTKFace: {n} light and {n_dark} dark training faces asked, {len(light)} + {len(dark)} "
                         f"left after the test split {({g: len(v) for g, v in test.items()})}")
-    neg_train, neg_test = ([f for c in NEG_CLASSES for f in sorted((imagenette_split(root, split) / c).glob(
+    neg_train, neg_test = ([f for c in NONFACE_CLASSES for f in sorted((imagenette_split(root, split) / c).glob(
         "*.JPEG"))] for split in ("train", "val"))
     mit = {g: sorted((root / "mit_test_faces" / g).glob("*.png")) for g in GROUPS}  # none: no MIT test set
     if recipe.smoke:  # evenly spread slices of the non-faces
@@ -344,15 +351,6 @@ def group_metrics(face_scores: dict, neg_scores: torch.Tensor, reject: float = R
             "dark_gap": 100 * (rate["LF"] + rate["LM"] - rate["DF"] - rate["DM"]) / 2}
 
 
-def holm(p: dict) -> dict:
-    """Holm's step-down adjusted p-values of {name: p}: the k-th smallest of m times (m - k + 1), kept monotone."""
-    adjusted, running = {}, 0.0
-    for k, name in enumerate(sorted(p, key=p.get)):
-        running = max(running, min(1.0, (len(p) - k) * p[name]))
-        adjusted[name] = running
-    return adjusted
-
-
 def mde80(d: list[float]) -> float:
     """The smallest true mean difference a two-sided paired t-test at ALPHA detects with POWER, given the observed
     std of the n differences d: (t_{1 - ALPHA/2} + t_{POWER}) * std / sqrt(n), n - 1 degrees of freedom."""
@@ -393,46 +391,53 @@ def sampling_summary(histories: list[list[dict]], share: float) -> dict:
 
 def build_results(args, recipe: Recipe, arms: dict, data: LabData, runs: dict) -> dict:
     """The lab_dbvae.json dict. runs: {arm: {seed: Run}}."""
-    seeds, ends, fractions = list(args.seeds), {}, dose_fractions(recipe)
+    ends, fractions = {}, dose_fractions(recipe)  # runs[a]: the seeds arm a trained on, an endpoint's two arms alike
 
     def per_seed(arm: str, metric: str) -> list[float]:  # metric "test set/key"
         test, key = metric.split("/")
-        return [runs[arm][s].metrics[test][key] for s in seeds]
+        return [r.metrics[test][key] for r in runs[arm].values()]
     for name, (metric, a, b) in endpoints(recipe).items():  # none from a single seed, none without the test set
-        if len(seeds) > 1 and metric.split("/")[0] in data.tests:
-            x, y = per_seed(a, metric), per_seed(b, metric) if b else [0.0] * len(seeds)
+        if len(runs[a]) > 1 and metric.split("/")[0] in data.tests:
+            x, y = per_seed(a, metric), per_seed(b, metric) if b else [0.0] * len(runs[a])
             d = np.subtract(x, y)  # (seeds,): mean, t CI, p and per-seed values from stats.paired, with std and MDE
             ends[name] = dict(metric=metric, a=a, b=b, **stats.paired(x, y), std=float(d.std(ddof=1)), mde80=mde80(d))
-    for name, p in holm({n: e["p_value"] for n, e in ends.items() if n not in PRIMARY.values()}).items():
-        ends[name].update(p_holm=p, verdict=ends[name]["verdict"] if p < stats.ALPHA else "no significant difference")
+    secondary = [n for n in ends if n not in PRIMARY.values()]
+    for name, p in zip(secondary, stats.holm([ends[n]["p_value"] for n in secondary])):
+        ends[name].update(p_holm=p, verdict=stats.verdict(*ends[name]["ci95"], p=p))
     share = (share_of_oracle(ends[PRIMARY["dbvae"]]["diffs"], ends[PRIMARY["oracle"]]["diffs"])
              if PRIMARY["oracle"] in ends else None)
     def latent(a: str, g: str) -> dict:  # a DB-VAE arm's diagnostics of group g over seeds
-        d = [runs[a][s].mass[g] for s in seeds]
+        d = [r.mass[g] for r in runs[a].values()]
         rules = {r: {"mean": np.mean([v[r] for v in d], axis=0).tolist(), "per_seed": [v[r] for v in d]} for r in RULES}
         return {"probe_auc": summary([v["probe_auc"] for v in d]), **rules}
-    grid = {a: {g: latent(a, g) for g in runs[a][seeds[0]].mass} for a, arm in arms.items() if arm.sampler == "latent"}
-    return {"name": "lab_dbvae", "recipe": asdict(recipe), "seeds": seeds, "groups": list(GROUPS), "reject": REJECT,
+    grid = {a: {g: latent(a, g) for g in next(iter(runs[a].values())).mass} for a, arm in arms.items()
+            if arm.sampler == "latent"}
+    return {"name": "lab_dbvae", "recipe": asdict(recipe), "seeds": {k: args.seeds[:n] for k, n in SEEDS.items()},
+            "groups": list(GROUPS), "reject": REJECT,
             "arms": {a: arm._asdict() for a, arm in arms.items()}, "test_sets": list(data.tests),
             "primary": PRIMARY, "endpoints": ends, "oracle_share": share,
             "dose": {"fractions": fractions, "arms": [dose_arm(recipe, f) for f in fractions]},
-            "sampling": {a: sampling_summary([runs[a][s].history for s in seeds], getattr(arm, arm.rare))
+            "sampling": {a: sampling_summary([r.history for r in runs[a].values()], getattr(arm, arm.rare))
                          for a, arm in arms.items() if arm.sampler},
             "mass_grid": {"alphas": ALPHAS, "bins": BIN_COUNTS, **grid},
-            "metrics": {a: {t: over_seeds([runs[a][s].metrics[t] for s in seeds]) for t in data.tests} for a in arms},
-            "data": {**data.info, "source": "UTKFace+Imagenette", "negative_classes": NEG_CLASSES, "augmentation": {
+            "metrics": {a: {t: over_seeds([r.metrics[t] for r in runs[a].values()]) for t in data.tests} for a in arms},
+            "data": {**data.info, "source": "UTKFace+Imagenette", "negative_classes": NONFACE_CLASSES, "augmentation": {
                 "train": asdict(AUGMENT) if recipe.augment else None, "jittered_test": asdict(AUGMENT)}},
-            "history": {a: {str(s): runs[a][s].history for s in seeds} for a in arms},
-            "params": {a: runs[a][seeds[0]].params for a in arms}}
+            "history": {a: {str(s): r.history for s, r in runs[a].items()} for a in arms},
+            "params": {a: next(iter(runs[a].values())).params for a in arms}}
 
 
 HALF, FULL = 8 / 2.54, 16 / 2.54  # figure widths (in) at which the report places them: half and full text width
 
 
 def strip(ax, summaries: list[dict], labels: list[str], ylabel: str) -> None:
-    """One endpoint per x position: per-seed values (grey, a line per seed) and the mean with its 95 % t CI."""
+    """One endpoint per x position: per-seed values (grey, a line per seed; the seeds are the first n at every
+    position, fewer at some) and the mean with its 95 % t CI."""
     x, mean = range(len(summaries)), [s["mean"] for s in summaries]
-    ax.plot(x, [s["values"] for s in summaries], "o-", color="0.7", lw=0.6, ms=2)  # (positions, seeds)
+    values = np.full((len(summaries), max(len(s["values"]) for s in summaries)), np.nan)  # (positions, seeds)
+    for row, s in zip(values, summaries):
+        row[:len(s["values"])] = s["values"]
+    ax.plot(x, values, "o-", color="0.7", lw=0.6, ms=2)
     err = np.abs(np.array([s["ci95"] for s in summaries]).T - mean)  # (2, positions): below and above the mean
     ax.errorbar(x, mean, yerr=err, fmt="s", color="k", ms=3, capsize=2)
     ax.axhline(0, color="k", lw=0.5)
@@ -446,12 +451,12 @@ def plot_figures(results: dict, fig_dir: Path) -> None:
     """lab_dbvae_dose.pdf (HALF): the dark gap per dark share; lab_dbvae_oracle.pdf (HALF): the gap reductions of the
     DB-VAE and the oracle per seed; lab_dbvae_rare.pdf (HALF): the dim-face gap per arm; lab_dbvae_mass.pdf (FULL):
     the trained DB-VAEs' sampling mass on the rare faces against alpha, a line per bin count (mean over seeds)."""
-    m, ends, n = results["metrics"], results["endpoints"], len(results["seeds"])
+    m, ends, n = results["metrics"], results["endpoints"], {k: len(v) for k, v in results["seeds"].items()}
     gap_label = "light − dark detection\n(points, jittered test)"
     fig, ax = plt.subplots(figsize=(HALF, 2.4))
     strip(ax, [m[a]["jittered"]["dark_gap"] for a in results["dose"]["arms"]],
           [f"{100 * f:g}" for f in results["dose"]["fractions"]], gap_label)
-    ax.set(xlabel="dark-skinned training faces (%)", title=f"standard CNN, {n} seeds")
+    ax.set(xlabel="dark-skinned training faces (%)", title=f"standard CNN, {n['dark']} seeds")
     save(fig, fig_dir / "lab_dbvae_dose.pdf")
     if PRIMARY["oracle"] in ends:
         fig, ax = plt.subplots(figsize=(HALF, 2.4))
@@ -466,7 +471,7 @@ def plot_figures(results: dict, fig_dir: Path) -> None:
     fig, ax = plt.subplots(figsize=(HALF, 2.4))
     strip(ax, [m[a]["dim"]["dim_gap"] for a in ("standard", "standard_dim", "dbvae_dim", "oracle_dim")],
           ["standard,\nno dim", "standard", "DB-VAE", "oracle"], "as taken − dimmed\ndetection (points)")
-    ax.set(title=f"{100 * results['recipe']['dim_fraction']:g} % dim training faces, {n} seeds")
+    ax.set(title=f"{100 * results['recipe']['dim_fraction']:g} % dim training faces, {n['dim']} seeds")
     save(fig, fig_dir / "lab_dbvae_rare.pdf")
     grid, rule = results["mass_grid"], results["recipe"]["combine"]
     panels = [(a, g) for a in grid if a not in ("alphas", "bins") for g in grid[a] if g == results["arms"][a]["rare"]]
@@ -475,9 +480,10 @@ def plot_figures(results: dict, fig_dir: Path) -> None:
         for j, b in enumerate(grid["bins"]):
             ax.plot(grid["alphas"], [100 * row[j] for row in grid[a][g][rule]["mean"]], "o-", ms=3, label=f"{b} bins")
         ax.axhline(100 * results["sampling"][a]["share_of_faces"], color="k", ls="--", lw=0.8, label="share of faces")
-        ax.axvline(results["recipe"]["alpha"], color="0.5", ls=":", lw=0.8, label="alpha trained with")
-        ax.set(xscale="log", xlabel="smoothing alpha", title=f"{a}: {g} faces ({rule} rule)", ylim=(0, None))
-    axes[0][0].set_ylabel("share of the draws (%)")
+        ax.axvline(results["recipe"]["alpha"], color="0.5", ls=":", lw=0.8, label="α trained with")
+        share = 100 * results["sampling"][a]["share_of_faces"]
+        ax.set(xscale="log", xlabel="smoothing α", title=f"{share:g} % {g} training faces")
+    axes[0][0].set(ylabel=f"DB-VAE's draws on them\n(%, {rule} rule)", ylim=(0, None))  # after all lines: a top for all
     axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the panels: the lines can be anywhere
     save(fig, fig_dir / "lab_dbvae_mass.pdf")
 
@@ -487,11 +493,14 @@ def main(argv=None) -> dict:
     fig_dir, res_dir, runs_dir, device = setup(args)
     recipe = replace(recipe, precision=resolve_precision(recipe.precision, device, "dbvae"))
     t_start, data, arms = time.perf_counter(), load_lab_data(args.data_dir, recipe), make_arms(recipe)
-    print(f"lab_dbvae: {len(arms)} arms x {len(args.seeds)} seeds, {data.info['counts']}, device={device}, "
+    n = {k: len(arm_seeds(a, args.seeds)) for k, a in arms.items()}
+    print(f"lab_dbvae: {len(arms)} arms, {sum(n.values())} trainings ({n}), {data.info['counts']}, device={device}, "
           f"threads={torch.get_num_threads()}, {recipe.precision}")
     runs, tb_root = {a: {} for a in arms}, tensorboard_dir(args, "lab_dbvae", runs_dir)
     for seed, name in itertools.product(args.seeds, arms):  # a seed's arms: the same weights, non-faces and order
-        runs[name][seed] = run_model(name, arms[name], seed, data, recipe, device, runs_dir, args.resume, tb_root)
+        if seed in arm_seeds(arms[name], args.seeds):
+            runs[name][seed] = run_model(name, arms[name], seed, data, recipe, device, runs_dir, args.resume,
+                                         tb_root)
     results = build_results(args, recipe, arms, data, runs)
     plot_figures(results, fig_dir)
     path = write_results(res_dir / "lab_dbvae.json", results, args, device, t_start, recipe.precision)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from . import stats, utils
 from .cam import CamCNN
 from .data import IMAGENETTE_CLASSES, TensorData, decode_images, imagenette_split, load_mnist_splits, require_images
-from .dbvae import DBVAE, IMAGE_SHAPE, dbvae_loss
+from .dbvae import DBVAE, IMAGE_SHAPE, NONFACE_CLASSES, dbvae_loss
 from .models import AE_RECIPE, CLASSIFIER_RECIPE, AutoEncoder, Classifier
 from .train import Recipe, autocast, cross_entropy, evaluate, make_optimizer, mean_l1, predict
 
@@ -25,7 +25,6 @@ PAYS_SPEEDUP = 1.15  # bf16 pays from 15 % more images/s (smaller gains are with
 SPREAD_SDS = 2.0     # ... if its mean test metric lies within the fp32 mean +- 2 sample std over the seeds
 PER_CLASS = 60  # Imagenette training images per class (val: half as many): 900 photos to decode
 SMOKE_PER_CLASS, SMOKE_STEPS = 4, 3
-NONFACES = ("cassette player", "church", "garbage truck", "gas pump", "golf ball", "parachute")  # as lab_dbvae.py
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,7 @@ def load_data(args) -> dict[str, tuple[TensorData, TensorData]]:
                  for f in sorted((imagenette_split(args.data_dir, split) / w).glob("*.JPEG"))[:per_class]]
         x = decode_images([f for f, _ in files], IMAGE_SHAPE[1])  # (N, 3, 64, 64) uint8
         nette.append(TensorData(x, torch.tensor([c for _, c in files])))
-    no_people = torch.tensor([c for c, name in enumerate(IMAGENETTE_CLASSES.values()) if name in NONFACES])
+    no_people = torch.tensor([c for c, w in enumerate(IMAGENETTE_CLASSES) if w in NONFACE_CLASSES])
     negs = [d.x[torch.isin(d.y, no_people)] for d in nette]
     utk = require_images(Path(args.data_dir).expanduser() / "UTKFace", "*.jpg", "UTKFace faces")
     counts = [len(x) for x in negs]  # faces spread over the files (sorted by age), train then test

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .data import to_float, warp
+from .data import IMAGENETTE_CLASSES, to_float, warp
 from .models import convT_output_padding
 
 IMAGE_SHAPE = (3, 64, 64)  # (C, H, W) of the lab's faces (its train_face.h5 and its test faces)
@@ -18,6 +18,9 @@ IMAGE_SHAPE = (3, 64, 64)  # (C, H, W) of the lab's faces (its train_face.h5 and
 SIZES = [(3, 64), (12, 32), (24, 16), (48, 8), (72, 4)]
 KERNELS = (5, 5, 3, 3)
 DENSE = 512  # the lab's hidden dense layer
+# the detector's non-faces: the Imagenette classes whose photos show no people (wnid -> name)
+NONFACE_CLASSES = {w: IMAGENETTE_CLASSES[w] for w in ("n02979186", "n03028079", "n03417042", "n03425413", "n03445777",
+                                                      "n03888257")}
 
 
 class StandardCNN(nn.Module):

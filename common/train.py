@@ -1,10 +1,14 @@
 """The training loop shared by the MNIST scripts and lab_cam: `fit` trains on in-memory TensorData with AdamW and a
-`Recipe`, checkpoints every epoch, and returns one history row per epoch (losses, accuracies, lr, training seconds)."""
+`Recipe`, checkpoints every epoch, and returns one history row per epoch (losses, accuracies, lr, training seconds);
+`fit_parallel` runs several such trainings side by side, `flattening` tells whether a test curve has levelled off."""
 from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -17,6 +21,7 @@ from .data import AFFINE, TensorData, describe_exception, random_affine
 from .utils import RUNS_DIR, UserError, atomic_write, machine, native_bf16, seed_everything
 
 EVAL_BATCH = 2000  # images per evaluation batch: one MNIST test pass is 5 batches; memory stays < 1 GB
+FLAT_GAIN = 0.01   # a test curve is flat when its last epoch improves the test L1 by less than 1 %
 
 
 @dataclass(frozen=True)
@@ -267,3 +272,33 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, recipe: Recipe, *
     if tb is not None:
         tb.close(asdict(recipe), history[-1])
     return history
+
+
+def fit_parallel(jobs: list[Callable], device: torch.device, desc: str | None = None) -> list:
+    """The results of the callables `jobs`, in order (with `desc`: a progress bar over the jobs). On a CPU they run
+    side by side, one thread each: these small convolutions gain little from a second thread within a run, two runs
+    on two cores use both fully. Each job's model is built beforehand and shuffles with its own generator, and no
+    job draws from the global RNG: the interleaving changes nothing."""
+    workers = min(len(jobs), len(os.sched_getaffinity(0))) if device.type == "cpu" else 1
+    progress = lambda results: list(tqdm(results, total=len(jobs), desc=desc, disable=desc is None))  # noqa: E731
+    if workers == 1:
+        return progress(job() for job in jobs)
+    threads = torch.get_num_threads()
+    pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))  # OpenMP: per thread
+    try:
+        return progress(pool.map(lambda job: job(), jobs))
+    except KeyboardInterrupt:  # a worker inside a torch kernel cannot be stopped, and an interpreter that shuts
+        # down around one aborts: end here, at once (checkpoints are written after every epoch)
+        print("\ninterrupted; resume with --resume (continues after the last finished epoch)", file=sys.stderr)
+        os._exit(130)
+    finally:
+        pool.shutdown(cancel_futures=True)  # after an error in one job: no new ones
+        torch.set_num_threads(threads)
+
+
+def flattening(history: list[dict]) -> dict:
+    """The test-L1 curve, each epoch's relative gain over the one before, and whether the last gain < FLAT_GAIN."""
+    l1 = [row["test_loss"] for row in history if "test_loss" in row]
+    gains = [(a - b) / a for a, b in zip(l1, l1[1:])]
+    return {"test_l1": l1, "rel_gain": gains, "last_rel_gain": gains[-1] if gains else None,
+            "flat": bool(gains) and gains[-1] < FLAT_GAIN}

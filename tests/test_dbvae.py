@@ -36,14 +36,14 @@ from lab_dbvae import (
     ALPHAS,
     BIN_COUNTS,
     EXPOSURE,
-    N_SEEDS,
     PRIMARY,
+    SEEDS,
     SMOKE_MIN_RARE,
     Recipe,
+    arm_seeds,
     endpoints,
     get_args,
     group_metrics,
-    holm,
     jittered_copy,
     latent_diagnostics,
     make_arms,
@@ -257,7 +257,7 @@ def test_parse_utkface_name():
 def test_smoke_run(tmp_path):
     run_script("lab_dbvae.py", tmp_path, "--threads", "1", timeout=240)
     r = load_result(tmp_path, "lab_dbvae")
-    assert r["groups"] == ["LF", "LM", "DF", "DM"] and len(r["seeds"]) >= 2
+    assert r["groups"] == ["LF", "LM", "DF", "DM"] and min(map(len, r["seeds"].values())) >= 2
     assert set(r["metrics"]) == set(r["arms"]) == set(make_arms(get_args(["--smoke"])[1]))
     assert r["test_sets"] == ["jittered", "dim", "mit"]
     assert set(r["primary"]) == {"dose", "dbvae", "oracle", "rare"}
@@ -327,15 +327,6 @@ def test_sign_flip_permutation_hand_computed():
              for signs in itertools.product((1, -1), repeat=4)) / 16
     assert sign_flip_p_value(d2) == pytest.approx(p2)
     assert p2 == 14 / 16
-
-
-def test_holm_hand_computed():
-    """Holm on 4 p-values by hand: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04; the
-    last is raised to 0.06 (step-down: never below an earlier one); capped at 1."""
-    adj = holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005})
-    assert adj == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06, "d": 0.02})
-    assert holm({"x": 0.6, "y": 0.5}) == pytest.approx({"x": 1.0, "y": 1.0})
-    assert holm({"only": 0.2}) == {"only": 0.2}
 
 
 def test_mde80_and_share_of_oracle():
@@ -462,9 +453,13 @@ def test_cli_refuses_bad_numbers():
         with pytest.raises(SystemExit):
             get_args(bad)
     a, recipe = get_args([])
-    assert a.seeds == list(range(N_SEEDS)) and a.train_faces == 2000 and a.dark_fraction == 0.01 and N_SEEDS >= 8
+    assert a.seeds == list(range(SEEDS["dim"])) and a.train_faces == 2000 and a.dark_fraction == 0.01
+    arms = make_arms(recipe)  # the dark-face arms on the first SEEDS["dark"] seeds, the dim-face arms on all
+    assert arm_seeds(arms["oracle"], a.seeds) == list(range(SEEDS["dark"])) and SEEDS["dark"] >= 8
+    assert arm_seeds(arms["oracle_dim"], a.seeds) == a.seeds and SEEDS["dim"] > SEEDS["dark"]
+    assert arm_seeds(arms["dbvae_dim"], [7, 9]) == arm_seeds(arms["standard"], [7, 9]) == [7, 9]
     assert recipe == Recipe()  # the command line's defaults are the recipe at the top of the script
-    assert get_args(["--seed", "3"])[0].seeds == list(range(3, 3 + N_SEEDS))  # --seed: the first paired seed
+    assert get_args(["--seed", "3"])[0].seeds == list(range(3, 3 + SEEDS["dim"]))  # --seed: the first paired seed
     assert get_args(["--seed", "3", "--seeds", "5"])[0].seeds == [5]  # --seeds wins
     assert get_args(["--smoke", "--seed", "3"])[0].seeds == [3, 4]
     q, rq = get_args(["--quick"])
