@@ -19,8 +19,10 @@ import argparse
 import copy
 import itertools
 import math
+import threading
 import time
 from collections import namedtuple
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from statistics import fmean
@@ -40,6 +42,7 @@ from common.plots import plt, save
 from common.train import (
     TensorBoardLog,
     autocast,
+    fit_parallel,
     load_checkpoint,
     predict,
     resolve_precision,
@@ -77,13 +80,12 @@ class Recipe:
     precision: str = "auto"  # of the training steps: --precision, resolved in main() to bf16 where it pays or fp32
 
 
-# paired training seeds per question, by the rare faces of its arms. The dim-face gap reductions spread over seeds ~4x
-# more than the dark ones (per-seed sd ~42 vs 6-16 points over 20 seeds): 24 seeds give a paired t-test ~80 % power
-# for a 26-point reduction, 10 seeds ~80 % for 6-16 points. The dark arms train on the first SEEDS["dark"] seeds.
-SEEDS = {"dark": 10, "dim": 24}
+# paired seeds per question, by its arms' rare faces; the dark arms train on the first SEEDS["dark"]. Over 44 pilot
+# seeds the DB-VAE's dim-gap reduction had mean ~19 and sd ~44 points, the dark-face endpoints sd 3-16: 48 seeds give
+# the dim question's paired t-test ~85 % power for 19 points, 10 seeds the dark ones ~80 % for 6-16 points
+SEEDS = {"dark": 10, "dim": 48}
 QUICK_SEEDS, QUICK_EPOCHS, QUICK_FACES = 3, 1, 1000  # --quick: minutes, for iterating on the code
-# --smoke: 64 training faces, at least 4 of them dark (and 4 dim) so that every code path runs
-SMOKE_FACES, SMOKE_MIN_RARE, SMOKE_TEST_PER_GROUP = 64, 4, 8
+SMOKE_FACES, SMOKE_MIN_RARE, SMOKE_TEST_PER_GROUP = 64, 4, 8  # --smoke: >= 4 dark (and dim) faces: every path runs
 SMOKE_NEGS, SMOKE_MIT_PER_GROUP = (64, 32), 4  # non-faces (train, test) and MIT faces per group
 # group -> (race, gender) in UTKFace names: race 0 White = light, 1 Black = dark (annotators' labels); gender 1 female
 GROUPS = {"LF": (0, 1), "LM": (0, 0), "DF": (1, 1), "DM": (1, 0)}
@@ -136,9 +138,10 @@ def get_args(argv=None) -> tuple[argparse.Namespace, Recipe]:
     return args, replace(r, train_faces=SMOKE_FACES, test_per_group=SMOKE_TEST_PER_GROUP, **few) if r.smoke else r
 
 
-def dose_fractions(r: Recipe) -> list[float]:
-    """The dark shares of the standard CNN's dose-response, the resampling arms' one among them."""
-    return sorted({*r.dose_fractions, r.dark_fraction})
+def dose_arms(r: Recipe) -> dict[str, float]:
+    """The standard CNN's dose-response, arm -> dark share, by share; "standard" (at dark_fraction) is shared."""
+    return {"standard" if f == r.dark_fraction else f"standard_dark{f:g}": f
+            for f in sorted({*r.dose_fractions, r.dark_fraction})}
 
 
 def arm_seeds(arm: Arm, seeds: list[int]) -> list[int]:
@@ -146,24 +149,19 @@ def arm_seeds(arm: Arm, seeds: list[int]) -> list[int]:
     return list(seeds[:SEEDS[arm.rare]])
 
 
-def dose_arm(r: Recipe, fraction: float) -> str:
-    """The arm of the standard CNN at a dark share: "standard" at dark_fraction, shared with the other questions."""
-    return "standard" if fraction == r.dark_fraction else f"standard_dark{fraction:g}"
-
-
 def make_arms(r: Recipe) -> dict[str, Arm]:
     """name -> Arm: the standard CNN per dark share, the resampling trio at dark_fraction, the trio with dim faces."""
     trio = {"standard": Arm("cnn", None, r.dark_fraction, 0.0, "dark"),
             "dbvae": Arm("dbvae", "latent", r.dark_fraction, 0.0, "dark"),
             "oracle": Arm("cnn", "oracle", r.dark_fraction, 0.0, "dark")}
-    dose = {dose_arm(r, f): Arm("cnn", None, f, 0.0, "dark") for f in dose_fractions(r)}
+    dose = {a: Arm("cnn", None, f, 0.0, "dark") for a, f in dose_arms(r).items()}
     return {**dose, **trio, **{f"{k}_dim": a._replace(dim=r.dim_fraction, rare="dim") for k, a in trio.items()}}
 
 
 def endpoints(r: Recipe) -> dict[str, tuple]:
-    """name -> (metric, arm a, arm b): a per-seed difference a - b in points (b None: a itself). A gap reduction is
-    the standard arm's gap minus the resampler's; PRIMARY names the primary ones, the rest are secondary."""
-    high = dose_arm(r, max(dose_fractions(r)))
+    """name -> (metric, arm a, arm b): the per-seed difference a - b in points (b None: a itself)."""
+    doses = dose_arms(r)
+    high = max(doses, key=doses.get)
     ends = {"dose_gap_low_minus_high": (GAP, "standard", high), "gap_reduction_dbvae": (GAP, "standard", "dbvae"),
             "gap_reduction_oracle": (GAP, "standard", "oracle"),
             "dim_gap_reduction_dbvae": (DIM_GAP, "standard_dim", "dbvae_dim"),
@@ -172,8 +170,8 @@ def endpoints(r: Recipe) -> dict[str, tuple]:
             "gap_reduction_oracle_mit": (MIT_GAP, "standard", "oracle"),
             "dim_gap_standard": (DIM_GAP, "standard_dim", None),
             "dim_gap_reduction_oracle": (DIM_GAP, "standard_dim", "oracle_dim")}
-    return {**ends, **{f"dose_gap_{f:g}_minus_high": (GAP, dose_arm(r, f), high) for f in dose_fractions(r)
-                       if dose_arm(r, f) not in ("standard", high)}}
+    return {**ends, **{f"dose_gap_{f:g}_minus_high": (GAP, a, high) for a, f in doses.items()
+                       if a not in ("standard", high)}}
 
 
 def underexpose(x: torch.Tensor) -> torch.Tensor:
@@ -196,8 +194,7 @@ def load_lab_data(data_dir, recipe: Recipe) -> LabData:
     """Decode every image once (uint8). Per group, a seeded shuffle holds out test_per_group UTKFace faces; the
     shuffled rest gives the light and dark training pools, whose prefixes make every arm's faces (nested sets)."""
     root, gen = Path(data_dir).expanduser(), torch.Generator().manual_seed(recipe.split_seed)
-    n, k = recipe.train_faces, recipe.test_per_group
-    n_dark = round(max(dose_fractions(recipe)) * n)
+    n, n_dark = recipe.train_faces, round(max(dose_arms(recipe).values()) * recipe.train_faces)
     files = require_images(root / "UTKFace", "*.jpg", "UTKFace photos named age_gender_race_date.jpg.chip.jpg")
 
     def shuffled(files: list) -> list:
@@ -205,13 +202,13 @@ def load_lab_data(data_dir, recipe: Recipe) -> LabData:
     test, rest = {}, {LIGHT: [], DARK: []}
     for grp, (race, gender) in GROUPS.items():
         pool = shuffled([f for f in files if parse_utkface_name(f.name)[1:] == (gender, race)])
-        test[grp], rest[race] = pool[:k], rest[race] + pool[k:]
+        test[grp], rest[race] = pool[:recipe.test_per_group], rest[race] + pool[recipe.test_per_group:]
     light, dark = shuffled(rest[LIGHT]), shuffled(rest[DARK])  # the leftovers: LF + LM, DF + DM
     if n > len(light) or n_dark > len(dark) or min(len(v) for v in test.values()) == 0:
         raise UserError(f"UTKFace: {n} light and {n_dark} dark training faces asked, {len(light)} + {len(dark)} "
                         f"left after the test split {({g: len(v) for g, v in test.items()})}")
-    neg_train, neg_test = ([f for c in NONFACE_CLASSES for f in sorted((imagenette_split(root, split) / c).glob(
-        "*.JPEG"))] for split in ("train", "val"))
+    neg_train, neg_test = ([f for c in NONFACE_CLASSES for f in sorted((imagenette_split(root, s) / c).glob("*.JPEG"))]
+                           for s in ("train", "val"))
     mit = {g: sorted((root / "mit_test_faces" / g).glob("*.png")) for g in GROUPS}  # none: no MIT test set
     if recipe.smoke:  # evenly spread slices of the non-faces
         neg_train, neg_test = (v[::len(v) // m][:m] for v, m in zip((neg_train, neg_test), SMOKE_NEGS))
@@ -223,14 +220,14 @@ def load_lab_data(data_dir, recipe: Recipe) -> LabData:
         x = {key: decode_images(v, IMAGE_SHAPE[1], bar=bar) for key, v in lists.items()}
     # one fixed jittered copy for every seed and arm: seed jitter_seed + i for group i, + 4 for the non-faces
     jittered = {g: jittered_copy(x[f"test_{g}"], recipe.jitter_seed + i) for i, g in enumerate(GROUPS)}
+    test_negs = jittered_copy(x["test_negs"], recipe.jitter_seed + 4)
     tests = {"jittered": jittered, "dim": {g: underexpose(v) for g, v in jittered.items()}}
     if all(mit.values()):  # as they are (not re-aligned), at the same threshold
         tests["mit"] = {g: x[f"mit_{g}"] for g in GROUPS}
     counts = {"light_pool": len(x["light"]), "dark_pool": len(x["dark"]), "train_nonfaces": len(x["train_negs"]),
               "test_nonfaces": len(x["test_negs"]), **{f"{t}_{g}": len(v[g]) for t, v in tests.items() for g in GROUPS}}
     info = dict(counts=counts, decoded_images=total, decode_time_s=time.perf_counter() - t0)
-    return LabData(x["light"], x["dark"], x["train_negs"], tests, jittered_copy(x["test_negs"], recipe.jitter_seed + 4),
-                   info)
+    return LabData(x["light"], x["dark"], x["train_negs"], tests, test_negs, info)
 
 
 def training_faces(data: LabData, arm: Arm, recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -246,101 +243,107 @@ def training_faces(data: LabData, arm: Arm, recipe: Recipe) -> tuple[torch.Tenso
 
 
 def train(model, arm: Arm, seed: int, faces, rare, negs, recipe: Recipe, device, tb: TensorBoardLog | None):
-    """The lab's loop: Adam at a constant lr, half faces and half non-faces per batch. Faces come in shuffled passes
-    or are drawn from p (N,): the DB-VAE's, re-estimated from its latent means every epoch (Algorithm 1), or the
-    oracle's from the true labels rare (N,) bool. faces uint8 (N, 3, 64, 64) -> one history row per epoch."""
-    gens, augment = dbvae.batch_generators(seed), AUGMENT if recipe.augment else None
+    """The lab's loop, one history row per epoch: Adam at a constant lr, half faces uint8 (N, 3, 64, 64) and half
+    non-faces per batch; faces in shuffled passes or drawn from p (N,): the DB-VAE's (Algorithm 1 on its latent means,
+    every epoch) or the oracle's (from the true labels rare (N,) bool)."""
+    *gens, noise_gen = dbvae.batch_generators(seed)
+    augment = AUGMENT if recipe.augment else None
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     # the oracle: the rare and the common faces each get half of the draws, uniformly within each
     p_faces, history = dbvae.balanced_probabilities(rare.long()) if arm.sampler == "oracle" else None, []
-    steps, desc = recipe.epochs * max(1, len(faces) // (recipe.batch_size // 2)), f"{arm.net} {arm.sampler} seed {seed}"
-    with tqdm(total=steps, desc=desc, unit="step", mininterval=2.0, dynamic_ncols=True, leave=False) as bar:
-        for epoch in range(1, recipe.epochs + 1):
-            t0, row = time.perf_counter(), {"epoch": epoch}
-            loss_sum, n_correct, seen = 0.0, 0, 0
-            if arm.sampler == "latent":  # latent means (N, L) with BatchNorm's running statistics (eval mode) -> p (N,)
-                mu = predict(model, faces, device, fn=lambda b: model.encode(b)[1])
-                p_faces = dbvae.sampling_probabilities(mu, recipe.bins, recipe.alpha)[recipe.combine]  # Algorithm 1
-            if p_faces is not None:  # a diagnostic, the DB-VAE's only use of the labels: the rare faces' share of p
-                row["rare_sampling_mass"] = p_faces[rare].sum().item()
-            model.train()
-            for x, y in dbvae.epoch_batches(faces, negs, recipe.batch_size, gens, p_faces, augment, device):
-                with autocast(recipe.precision, device):
-                    if arm.net == "dbvae":
-                        loss, logit = dbvae_loss(model, x, y, recipe.kl_weight)  # paper Eq. 5
-                    else:  # the face logit (B,) and its binary cross-entropy
-                        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit := model(x)[:, 0], y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.item() * len(y)  # in float64; the per-step sync costs little at these sizes
-                n_correct += int(((logit.detach() > 0).float() == y).sum())  # on the drawn batches: a diagnostic
-                seen += len(y)
-                bar.update(1)
-            row.update(train_loss=loss_sum / seen, train_acc=n_correct / seen, epoch_time_s=time.perf_counter() - t0)
-            row["train_time_s"] = sum(r["epoch_time_s"] for r in history) + row["epoch_time_s"]
-            history.append(row)
-            if tb is not None:
-                tb.scalars(row)
+    for epoch in range(1, recipe.epochs + 1):
+        t0, row = time.perf_counter(), {"epoch": epoch}
+        loss_sum, n_correct, seen = 0.0, 0, 0
+        if arm.sampler == "latent":  # latent means (N, L) with BatchNorm's running statistics (eval mode) -> p (N,)
+            mu = predict(model, faces, device, fn=lambda b: model.encode(b)[1])
+            p_faces = dbvae.sampling_probabilities(mu, recipe.bins, recipe.alpha)[recipe.combine]  # Algorithm 1
+        if p_faces is not None:  # a diagnostic, the DB-VAE's only use of the labels: the rare faces' share of p
+            row["rare_sampling_mass"] = p_faces[rare].sum().item()
+        model.train()
+        for x, y in dbvae.epoch_batches(faces, negs, recipe.batch_size, gens, p_faces, augment, device):
+            with autocast(recipe.precision, device):
+                if arm.net == "dbvae":
+                    loss, logit = dbvae_loss(model, x, y, recipe.kl_weight, noise_gen)  # paper Eq. 5
+                else:  # the face logit (B,) and its binary cross-entropy
+                    loss = torch.nn.functional.binary_cross_entropy_with_logits(logit := model(x)[:, 0], y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(y)  # in float64; the per-step sync costs little at these sizes
+            n_correct += int(((logit.detach() > 0).float() == y).sum())  # on the drawn batches: a diagnostic
+            seen += len(y)
+        row.update(train_loss=loss_sum / seen, train_acc=n_correct / seen, epoch_time_s=time.perf_counter() - t0)
+        row["train_time_s"] = sum(r["epoch_time_s"] for r in history) + row["epoch_time_s"]
+        history.append(row)
+        if tb is not None:
+            tb.scalars(row)
     return history
 
 
-def run_model(name: str, arm: Arm, seed: int, data: LabData, recipe: Recipe, device, runs_dir: Path, resume,
-              tb_root) -> Run:
-    """One arm of one seed, trained and evaluated; with `resume` a finished run of the same recipe is reused."""
-    faces, dark, dim = training_faces(data, arm, recipe)
-    seed_everything(seed)  # the weights, and the DB-VAE's reparameterisation noise after them
-    model = (DBVAE(recipe.latent_dim) if arm.net == "dbvae" else StandardCNN()).to(device)
-    ckpt = runs_dir / f"lab_dbvae_{name}_seed{seed}.pt"
-    if resume and ckpt.exists():
-        saved = load_checkpoint(ckpt, copy.deepcopy(model))  # a copy: another recipe's weights are not wanted
-        if saved.get("recipe") == asdict(recipe):
-            print(f"[{name} seed {seed}] reusing the finished run in {ckpt}")
-            return Run(**saved["run"])
-        print(f"[{name} seed {seed}] {ckpt} was trained with another recipe: training again")
-    tb = TensorBoardLog(tb_root / f"{name}_seed{seed}") if tb_root is not None else None
-    history = train(model, arm, seed, faces, dim if arm.rare == "dim" else dark, data.train_negs, recipe, device, tb)
-    if tb is not None:
-        tb.close(dict(asdict(recipe), seed=seed, arm=name), history[-1])
-    neg = predict(model, data.test_negs, device)[:, 0].double()  # (n_neg,): one threshold for every test set
-    metrics = {t: group_metrics({g: predict(model, x, device)[:, 0].double() for g, x in ts.items()}, neg)
-               for t, ts in data.tests.items()}
-    # the rare-feature gap: the same held-out faces detected as they are minus dimmed, in points
-    metrics["dim"]["dim_gap"] = 100 * (fmean(metrics["jittered"]["detect"].values())
-                                       - fmean(metrics["dim"]["detect"].values()))
-    # Algorithm 1 again on the trained DB-VAE's latent means (N, L), over a grid of its settings
-    mass = (latent_diagnostics(predict(model, faces, device, fn=lambda b: model.encode(b)[1]), dict(dark=dark, dim=dim))
-            if arm.sampler == "latent" else None)
-    tqdm.write(f"[{name} seed {seed}] gaps (points): dark {metrics['jittered']['dark_gap']:+.1f}, "
-               f"dim {metrics['dim']['dim_gap']:+.1f}")
-    run = Run(history, metrics, sum(p.numel() for p in model.parameters()), mass)
-    save_checkpoint(ckpt, model, run=run._asdict(), recipe=asdict(recipe))
-    return run
+BUILD_LOCK = threading.Lock()  # the global RNG makes the initial weights: one model built at a time
+
+
+def make_job(name: str, arm: Arm, seed: int, data: LabData, recipe: Recipe, device, runs_dir: Path, resume,
+             tb_root) -> Callable[[], Run]:
+    """One arm of one seed as a job for fit_parallel: it trains and evaluates the arm, or with `resume` reuses a
+    finished run of the same recipe. Every random draw comes from the seed alone, whichever thread runs it."""
+    def job() -> Run:
+        faces, dark, dim = training_faces(data, arm, recipe)
+        with BUILD_LOCK:
+            seed_everything(seed)
+            model = (DBVAE(recipe.latent_dim) if arm.net == "dbvae" else StandardCNN()).to(device)
+        ckpt, tag = runs_dir / f"lab_dbvae_{name}_seed{seed}.pt", f"[{name} seed {seed}]"
+        if resume and ckpt.exists():
+            saved = load_checkpoint(ckpt, copy.deepcopy(model))  # a copy: another recipe's weights are not wanted
+            if saved.get("recipe") == asdict(recipe):
+                tqdm.write(f"{tag} reusing the finished run in {ckpt}")
+                return Run(**saved["run"])
+            tqdm.write(f"{tag} {ckpt} was trained with another recipe: training again")
+        tb = TensorBoardLog(tb_root / f"{name}_seed{seed}") if tb_root is not None else None
+        history = train(model, arm, seed, faces, dim if arm.rare == "dim" else dark, data.train_negs, recipe, device,
+                        tb)
+        if tb is not None:
+            tb.close(dict(asdict(recipe), seed=seed, arm=name), history[-1])
+        neg = predict(model, data.test_negs, device)[:, 0].double()  # (n_neg,): one threshold for every test set
+        metrics = {t: group_metrics({g: predict(model, x, device)[:, 0].double() for g, x in ts.items()}, neg)
+                   for t, ts in data.tests.items()}
+        # the rare-feature gap: the same held-out faces detected as they are minus dimmed, in points
+        detect = {t: fmean(metrics[t]["detect"].values()) for t in ("jittered", "dim")}
+        metrics["dim"]["dim_gap"] = 100 * (detect["jittered"] - detect["dim"])
+        # Algorithm 1 again on the trained DB-VAE's latent means (N, L), over a grid of its settings
+        mass = (latent_diagnostics(predict(model, faces, device, fn=lambda b: model.encode(b)[1]),
+                                   dict(dark=dark, dim=dim)) if arm.sampler == "latent" else None)
+        tqdm.write(f"{tag} gaps (points): dark {metrics['jittered']['dark_gap']:+.1f}, "
+                   f"dim {metrics['dim']['dim_gap']:+.1f}")
+        run = Run(history, metrics, sum(p.numel() for p in model.parameters()), mass)
+        save_checkpoint(ckpt, model, run=run._asdict(), recipe=asdict(recipe))
+        return run
+    return job
 
 
 def latent_diagnostics(mu: torch.Tensor, masks: dict) -> dict:
-    """Per rare group (masks {group: (N,) bool}) on latent means mu (N, L): Algorithm 1's sampling mass on its faces
-    per combination rule over the grid [alpha in ALPHAS][bins in BIN_COUNTS], and how well a linear probe finds
-    them from mu (cross-validated AUC; 0.5: the latents do not encode the group)."""
+    """Per rare group (masks {group: (N,) bool}) of latent means mu (N, L): Algorithm 1's sampling mass on its faces per
+    rule over [alpha in ALPHAS][bins in BIN_COUNTS], and a linear probe's cross-validated AUC (0.5: not encoded)."""
     ps = [[dbvae.sampling_probabilities(mu, b, a) for b in BIN_COUNTS] for a in ALPHAS]
     out = {}
-    for g, m in ((g, m) for g, m in masks.items() if m.sum() >= 2):  # a probe needs a rare face per fold
-        probe = LogisticRegression(max_iter=PROBE_ITERS, class_weight="balanced")
-        auc = cross_val_score(probe, mu.numpy(), m.numpy(), scoring="roc_auc", cv=min(PROBE_FOLDS, int(m.sum())))
-        out[g] = {"probe_auc": float(auc.mean()), **{rule: [[p[rule][m].sum().item() for p in row] for row in ps]
-                                                     for rule in RULES}}
+    for g, m in masks.items():
+        if m.sum() >= 2:  # a probe needs a rare face per fold
+            probe = LogisticRegression(max_iter=PROBE_ITERS, class_weight="balanced")
+            auc = cross_val_score(probe, mu.numpy(), m.numpy(), scoring="roc_auc", cv=min(PROBE_FOLDS, int(m.sum())))
+            mass = {rule: [[p[rule][m].sum().item() for p in row] for row in ps] for rule in RULES}
+            out[g] = {"probe_auc": float(auc.mean()), **mass}
     return out
 
 
 def rejection_threshold(neg_scores: torch.Tensor, reject: float = REJECT) -> float:
-    """The ceil(reject * n)-th smallest of the n non-face scores (n,): faces above it are detected, and exactly that
-    many non-faces are rejected when the scores have no ties. -1e-9: 0.99 * 200 is 198.00000000000003 in floats."""
+    """The ceil(reject * n)-th smallest of the n non-face scores (n,): faces above it are detected, exactly that many
+    non-faces rejected (no ties). -1e-9: 0.99 * 200 is 198.00000000000003 in floats."""
     return torch.kthvalue(neg_scores.double(), max(1, math.ceil(reject * len(neg_scores) - 1e-9))).values.item()
 
 
 def group_metrics(face_scores: dict, neg_scores: torch.Tensor, reject: float = REJECT) -> dict:
-    """Per group (logits {group: (n_g,)} vs non-faces (n_neg,)): detection rate, AUC, mean p(face); and the dark
-    gap: the light groups' mean detection rate minus the dark groups', in points."""
+    """Per group (logits {group: (n_g,)} vs non-faces (n_neg,)): detection rate, AUC, mean p(face); dark_gap: the
+    light groups' mean detection rate minus the dark groups', in points."""
     t, neg = rejection_threshold(neg_scores, reject), list(neg_scores.double().numpy())
     s = {g: face_scores[g].double() for g in GROUPS}
     rate = {g: (v > t).double().mean().item() for g, v in s.items()}
@@ -352,8 +355,8 @@ def group_metrics(face_scores: dict, neg_scores: torch.Tensor, reject: float = R
 
 
 def mde80(d: list[float]) -> float:
-    """The smallest true mean difference a two-sided paired t-test at ALPHA detects with POWER, given the observed
-    std of the n differences d: (t_{1 - ALPHA/2} + t_{POWER}) * std / sqrt(n), n - 1 degrees of freedom."""
+    """The smallest true mean difference a two-sided paired t-test at ALPHA detects with POWER, given the std of the
+    n observed differences d."""
     t = sps.t.ppf(1 - stats.ALPHA / 2, len(d) - 1) + sps.t.ppf(POWER, len(d) - 1)
     return float(t * np.std(d, ddof=1) / math.sqrt(len(d)))
 
@@ -375,8 +378,7 @@ def summary(values: list[float], bounded: bool = True) -> dict:
 
 
 def over_seeds(rows: list[dict]) -> dict:
-    """summary() over seeds (rows: one dict per seed) of each number, or per group of each {group: number}; gaps
-    in points and thresholds (logits) are unbounded: t intervals."""
+    """summary() over seeds (one row per seed) of each number or {group: number}; gaps and thresholds: t CIs."""
     return {k: {g: summary([r[k][g] for r in rows]) for g in v} if isinstance(v, dict)
             else summary([r[k] for r in rows], not k.endswith("_gap") and k != "threshold")
             for k, v in rows[0].items() if k != "n"}
@@ -390,33 +392,33 @@ def sampling_summary(histories: list[list[dict]], share: float) -> dict:
 
 
 def build_results(args, recipe: Recipe, arms: dict, data: LabData, runs: dict) -> dict:
-    """The lab_dbvae.json dict. runs: {arm: {seed: Run}}."""
-    ends, fractions = {}, dose_fractions(recipe)  # runs[a]: the seeds arm a trained on, an endpoint's two arms alike
-
-    def per_seed(arm: str, metric: str) -> list[float]:  # metric "test set/key"
-        test, key = metric.split("/")
-        return [r.metrics[test][key] for r in runs[arm].values()]
+    """The lab_dbvae.json dict. runs: {arm: {seed: Run}}, runs[a] on the seeds arm a trained on."""
+    ends = {}
     for name, (metric, a, b) in endpoints(recipe).items():  # none from a single seed, none without the test set
-        if len(runs[a]) > 1 and metric.split("/")[0] in data.tests:
-            x, y = per_seed(a, metric), per_seed(b, metric) if b else [0.0] * len(runs[a])
+        test, key = metric.split("/")
+        if len(runs[a]) > 1 and test in data.tests:  # an endpoint's two arms trained on the same seeds
+            x = [r.metrics[test][key] for r in runs[a].values()]
+            y = [r.metrics[test][key] for r in runs[b].values()] if b else [0.0] * len(x)
             d = np.subtract(x, y)  # (seeds,): mean, t CI, p and per-seed values from stats.paired, with std and MDE
             ends[name] = dict(metric=metric, a=a, b=b, **stats.paired(x, y), std=float(d.std(ddof=1)), mde80=mde80(d))
     secondary = [n for n in ends if n not in PRIMARY.values()]
     for name, p in zip(secondary, stats.holm([ends[n]["p_value"] for n in secondary])):
         ends[name].update(p_holm=p, verdict=stats.verdict(*ends[name]["ci95"], p=p))
-    share = (share_of_oracle(ends[PRIMARY["dbvae"]]["diffs"], ends[PRIMARY["oracle"]]["diffs"])
-             if PRIMARY["oracle"] in ends else None)
+    # per rare group: the DB-VAE's gap reduction in % of the oracle's
+    pairs = {"dark": (PRIMARY["dbvae"], PRIMARY["oracle"]), "dim": (PRIMARY["rare"], "dim_gap_reduction_oracle")}
+    share = {g: share_of_oracle(ends[a]["diffs"], ends[b]["diffs"]) for g, (a, b) in pairs.items() if b in ends}
     def latent(a: str, g: str) -> dict:  # a DB-VAE arm's diagnostics of group g over seeds
         d = [r.mass[g] for r in runs[a].values()]
         rules = {r: {"mean": np.mean([v[r] for v in d], axis=0).tolist(), "per_seed": [v[r] for v in d]} for r in RULES}
         return {"probe_auc": summary([v["probe_auc"] for v in d]), **rules}
     grid = {a: {g: latent(a, g) for g in next(iter(runs[a].values())).mass} for a, arm in arms.items()
             if arm.sampler == "latent"}
+    doses = dose_arms(recipe)
     return {"name": "lab_dbvae", "recipe": asdict(recipe), "seeds": {k: args.seeds[:n] for k, n in SEEDS.items()},
             "groups": list(GROUPS), "reject": REJECT,
             "arms": {a: arm._asdict() for a, arm in arms.items()}, "test_sets": list(data.tests),
             "primary": PRIMARY, "endpoints": ends, "oracle_share": share,
-            "dose": {"fractions": fractions, "arms": [dose_arm(recipe, f) for f in fractions]},
+            "dose": {"fractions": list(doses.values()), "arms": list(doses)},
             "sampling": {a: sampling_summary([r.history for r in runs[a].values()], getattr(arm, arm.rare))
                          for a, arm in arms.items() if arm.sampler},
             "mass_grid": {"alphas": ALPHAS, "bins": BIN_COUNTS, **grid},
@@ -430,58 +432,51 @@ def build_results(args, recipe: Recipe, arms: dict, data: LabData, runs: dict) -
 HALF, FULL = 8 / 2.54, 16 / 2.54  # figure widths (in) at which the report places them: half and full text width
 
 
-def strip(ax, summaries: list[dict], labels: list[str], ylabel: str) -> None:
-    """One endpoint per x position: per-seed values (grey, a line per seed; the seeds are the first n at every
-    position, fewer at some) and the mean with its 95 % t CI."""
+def strip(path: Path, summaries: list[dict], labels: list[str], ylabel: str, **kw) -> None:
+    """A HALF-wide figure, one endpoint per x position: per-seed values (grey, a line per seed; the seeds are the first
+    n at every position, fewer at some) and the mean with its 95 % t CI; kw: further Axes settings."""
+    fig, ax = plt.subplots(figsize=(HALF, 2.4))
     x, mean = range(len(summaries)), [s["mean"] for s in summaries]
-    values = np.full((len(summaries), max(len(s["values"]) for s in summaries)), np.nan)  # (positions, seeds)
-    for row, s in zip(values, summaries):
-        row[:len(s["values"])] = s["values"]
+    values = np.array(list(itertools.zip_longest(*(s["values"] for s in summaries), fillvalue=np.nan))).T  # (x, seeds)
     ax.plot(x, values, "o-", color="0.7", lw=0.6, ms=2)
     err = np.abs(np.array([s["ci95"] for s in summaries]).T - mean)  # (2, positions): below and above the mean
     ax.errorbar(x, mean, yerr=err, fmt="s", color="k", ms=3, capsize=2)
     ax.axhline(0, color="k", lw=0.5)
-    ax.set(xticks=x, xticklabels=labels, ylabel=ylabel)
+    ax.set(xticks=x, xticklabels=labels, ylabel=ylabel, **kw)
+    save(fig, path)
 
 
 # drawn at the size the report places them (HALF or FULL wide): 8 pt text, 7 pt ticks and legends
 @plt.rc_context({"font.size": 8, "xtick.labelsize": 7, "ytick.labelsize": 7, "legend.fontsize": 7,
                  "legend.frameon": False, "figure.autolayout": True})
 def plot_figures(results: dict, fig_dir: Path) -> None:
-    """lab_dbvae_dose.pdf (HALF): the dark gap per dark share; lab_dbvae_oracle.pdf (HALF): the gap reductions of the
-    DB-VAE and the oracle per seed; lab_dbvae_rare.pdf (HALF): the dim-face gap per arm; lab_dbvae_mass.pdf (FULL):
-    the trained DB-VAEs' sampling mass on the rare faces against alpha, a line per bin count (mean over seeds)."""
+    """lab_dbvae_dose.pdf: the dark gap per dark share; lab_dbvae_oracle.pdf: the gap reductions of the DB-VAE and the
+    oracle per seed; lab_dbvae_rare.pdf: the dim-face gap per arm; lab_dbvae_mass.pdf (FULL): the trained DB-VAEs'
+    sampling mass on the rare faces against alpha, a line per bin count (mean over seeds)."""
     m, ends, n = results["metrics"], results["endpoints"], {k: len(v) for k, v in results["seeds"].items()}
-    gap_label = "light − dark detection\n(points, jittered test)"
-    fig, ax = plt.subplots(figsize=(HALF, 2.4))
-    strip(ax, [m[a]["jittered"]["dark_gap"] for a in results["dose"]["arms"]],
-          [f"{100 * f:g}" for f in results["dose"]["fractions"]], gap_label)
-    ax.set(xlabel="dark-skinned training faces (%)", title=f"standard CNN, {n['dark']} seeds")
-    save(fig, fig_dir / "lab_dbvae_dose.pdf")
+    strip(fig_dir / "lab_dbvae_dose.pdf", [m[a]["jittered"]["dark_gap"] for a in results["dose"]["arms"]],
+          [f"{100 * f:g}" for f in results["dose"]["fractions"]], "light − dark detection\n(points, jittered test)",
+          xlabel="dark-skinned training faces (%)", title=f"standard CNN, {n['dark']} seeds")
     if PRIMARY["oracle"] in ends:
-        fig, ax = plt.subplots(figsize=(HALF, 2.4))
-        red = [{"mean": e["mean_diff"], "ci95": e["ci95"], "values": e["diffs"]}
-               for e in (ends[PRIMARY["dbvae"]], ends[PRIMARY["oracle"]])]
-        strip(ax, red, ["DB-VAE", "oracle (labels)"], "gap reduction vs the\nstandard CNN (points)")
-        s = results["oracle_share"]
-        if s["pct"] is not None:
-            ci = ", ".join("-" if v is None else f"{v:.0f}" for v in s["ci95"])
-            ax.set_title(f"the DB-VAE closes {s['pct']:.0f} % [{ci}]\nof what the oracle closes")
-        save(fig, fig_dir / "lab_dbvae_oracle.pdf")
-    fig, ax = plt.subplots(figsize=(HALF, 2.4))
-    strip(ax, [m[a]["dim"]["dim_gap"] for a in ("standard", "standard_dim", "dbvae_dim", "oracle_dim")],
-          ["standard,\nno dim", "standard", "DB-VAE", "oracle"], "as taken − dimmed\ndetection (points)")
-    ax.set(title=f"{100 * results['recipe']['dim_fraction']:g} % dim training faces, {n['dim']} seeds")
-    save(fig, fig_dir / "lab_dbvae_rare.pdf")
+        s = results["oracle_share"]["dark"]
+        ci = ", ".join("-" if v is None else f"{v:.0f}" for v in s["ci95"])
+        strip(fig_dir / "lab_dbvae_oracle.pdf", [{"mean": e["mean_diff"], "ci95": e["ci95"], "values": e["diffs"]}
+                                                 for e in (ends[PRIMARY["dbvae"]], ends[PRIMARY["oracle"]])],
+              ["DB-VAE", "oracle (labels)"], "gap reduction vs the\nstandard CNN (points)",
+              title="" if s["pct"] is None else f"the DB-VAE closes {s['pct']:.0f} % [{ci}]\nof what the oracle closes")
+    dim_arms = ("standard", "standard_dim", "dbvae_dim", "oracle_dim")
+    strip(fig_dir / "lab_dbvae_rare.pdf", [m[a]["dim"]["dim_gap"] for a in dim_arms],
+          ["standard,\nno dim", "standard", "DB-VAE", "oracle"], "as taken − dimmed\ndetection (points)",
+          title=f"{100 * results['recipe']['dim_fraction']:g} % dim training faces, {n['dim']} seeds")
     grid, rule = results["mass_grid"], results["recipe"]["combine"]
     panels = [(a, g) for a in grid if a not in ("alphas", "bins") for g in grid[a] if g == results["arms"][a]["rare"]]
     fig, axes = plt.subplots(1, len(panels), figsize=(FULL, 2.2), sharey=True, squeeze=False)
     for ax, (a, g) in zip(axes[0], panels):
         for j, b in enumerate(grid["bins"]):
             ax.plot(grid["alphas"], [100 * row[j] for row in grid[a][g][rule]["mean"]], "o-", ms=3, label=f"{b} bins")
-        ax.axhline(100 * results["sampling"][a]["share_of_faces"], color="k", ls="--", lw=0.8, label="share of faces")
-        ax.axvline(results["recipe"]["alpha"], color="0.5", ls=":", lw=0.8, label="α trained with")
         share = 100 * results["sampling"][a]["share_of_faces"]
+        ax.axhline(share, color="k", ls="--", lw=0.8, label="share of faces")
+        ax.axvline(results["recipe"]["alpha"], color="0.5", ls=":", lw=0.8, label="α trained with")
         ax.set(xscale="log", xlabel="smoothing α", title=f"{share:g} % {g} training faces")
     axes[0][0].set(ylabel=f"DB-VAE's draws on them\n(%, {rule} rule)", ylim=(0, None))  # after all lines: a top for all
     axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the panels: the lines can be anywhere
@@ -496,11 +491,13 @@ def main(argv=None) -> dict:
     n = {k: len(arm_seeds(a, args.seeds)) for k, a in arms.items()}
     print(f"lab_dbvae: {len(arms)} arms, {sum(n.values())} trainings ({n}), {data.info['counts']}, device={device}, "
           f"threads={torch.get_num_threads()}, {recipe.precision}")
-    runs, tb_root = {a: {} for a in arms}, tensorboard_dir(args, "lab_dbvae", runs_dir)
-    for seed, name in itertools.product(args.seeds, arms):  # a seed's arms: the same weights, non-faces and order
-        if seed in arm_seeds(arms[name], args.seeds):
-            runs[name][seed] = run_model(name, arms[name], seed, data, recipe, device, runs_dir, args.resume,
-                                         tb_root)
+    tb_root = tensorboard_dir(args, "lab_dbvae", runs_dir)
+    # a seed's arms: the same initial weights, non-faces, batch order and augmentation
+    jobs = {(name, seed): make_job(name, arms[name], seed, data, recipe, device, runs_dir, args.resume, tb_root)
+            for seed, name in itertools.product(args.seeds, arms) if seed in arm_seeds(arms[name], args.seeds)}
+    runs = {a: {} for a in arms}
+    for (name, seed), run in zip(jobs, fit_parallel(list(jobs.values()), device, desc="lab_dbvae trainings")):
+        runs[name][seed] = run
     results = build_results(args, recipe, arms, data, runs)
     plot_figures(results, fig_dir)
     path = write_results(res_dir / "lab_dbvae.json", results, args, device, t_start, recipe.precision)

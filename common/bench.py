@@ -1,7 +1,6 @@
-"""bf16 autocast vs fp32 training per model (results/bench.json; 2-3 min on 2 idle cores): ex1's autoencoder, ex2's
-classifier, the labs' DB-VAE and CAM CNN train a short run at their scripts' batch sizes in each precision; a round (one
-seed: the same weights and batches for both) runs every model in both precisions, so slow spells hit all. Per model:
-images/s, the test metric per seed, and whether bf16 pays. --stacking: ex4's 10 seeds stacked with vmap or not."""
+"""bf16 autocast vs fp32 training (results/bench.json, 2-3 min on 2 idle cores): short runs of ex1's autoencoder, ex2's
+classifier, the labs' DB-VAE and CAM CNN at their batch sizes; each round (one seed) runs all in both precisions, so
+slow spells hit all. Per model: images/s, the metric per seed, if bf16 pays. --stacking: ex4's seeds vmap-stacked."""
 import argparse
 import statistics
 import time
@@ -19,7 +18,7 @@ from .cam import CamCNN
 from .data import IMAGENETTE_CLASSES, TensorData, decode_images, imagenette_split, load_mnist_splits, require_images
 from .dbvae import DBVAE, IMAGE_SHAPE, NONFACE_CLASSES, dbvae_loss
 from .models import AE_RECIPE, CLASSIFIER_RECIPE, AutoEncoder, Classifier
-from .train import Recipe, autocast, cross_entropy, evaluate, make_optimizer, mean_l1, predict
+from .train import Recipe, autocast, cross_entropy, evaluate, make_optimizer, mean_l1, optimizer_step, predict
 
 PAYS_SPEEDUP = 1.15  # bf16 pays from 15 % more images/s (smaller gains are within the timing noise of 2 cores) ...
 SPREAD_SDS = 2.0     # ... if its mean test metric lies within the fp32 mean +- 2 sample std over the seeds
@@ -60,13 +59,6 @@ MODELS = {
     "cam": Bench(CamCNN, Recipe(1, lr=4e-3, batch_size=128, weight_decay=0.05), 40,
                  lambda m, x, y: cross_entropy(m(x).float(), y), "test_acc", accuracy),
 }
-
-
-def optimizer_step(opt, loss: torch.Tensor) -> torch.Tensor:
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return loss
 
 
 def matmul_peak(sizes=(512, 1024, 1536, 2048), seconds: float = 1.0) -> float:
@@ -113,8 +105,7 @@ def load_data(args) -> dict[str, tuple[TensorData, TensorData]]:
 
 
 def short_run(spec: Bench, train: TensorData, test: TensorData, precision: str, seed: int) -> tuple[float, float]:
-    """spec.steps training steps on batches drawn from `train` -> (images/s after the first step, which sets up the
-    kernels; the fp32 test metric). The seed fixes the weights and the batches: both precisions see the same."""
+    """`spec.steps` steps on batches from `train` -> (images/s, fp32 test metric); the seed fixes weights, batches."""
     gen = utils.seed_everything(seed)
     model = spec.make().to(memory_format=torch.channels_last if spec.channels_last else torch.contiguous_format)
     opt, sched = make_optimizer(model, replace(spec.recipe, epochs=1), None, spec.steps)  # one-cycle over the run
@@ -124,9 +115,7 @@ def short_run(spec: Bench, train: TensorData, test: TensorData, precision: str, 
             t0 = time.perf_counter()
         with autocast(precision, torch.device("cpu")):
             loss = spec.loss(model, train.x[idx], train.y[idx])
-        optimizer_step(opt, loss)
-        if sched is not None:
-            sched.step()
+        optimizer_step(opt, sched, loss)
     return (spec.steps - 1) * spec.recipe.batch_size / (time.perf_counter() - t0), spec.evaluate(model, test)
 
 
@@ -176,8 +165,8 @@ def bench_stacking(args, n_seeds: int = 10, test_images: int = 2000) -> dict:
         with torch.inference_mode(not training):
             return timeit.timeit(fn, number=reps, timer=time.perf_counter) / reps
 
-    step = {"stacked_step_s": lambda: optimizer_step(opt_stacked, stacked_loss()),
-            "plain_steps_s": lambda: [optimizer_step(o, cross_entropy(m(x), y)) for m, o in zip(models, opts)]}
+    step = {"stacked_step_s": lambda: optimizer_step(opt_stacked, None, stacked_loss()),
+            "plain_steps_s": lambda: [optimizer_step(o, None, cross_entropy(m(x), y)) for m, o in zip(models, opts)]}
     test = {"stacked_eval_s": lambda: stacked(params, buffers, xt), "plain_eval_s": lambda: [m(xt) for m in models]}
     runs = interleaved({k: partial(seconds, fn, k in step) for k, fn in (step | test).items()}, args.repeats, warmup=1)
     med = {k: statistics.median(v) for k, v in runs.items()}

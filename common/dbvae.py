@@ -84,13 +84,15 @@ def kl_latent_loss(mu: torch.Tensor, logsigma: torch.Tensor) -> torch.Tensor:
     return 0.5 * (logsigma.exp() + mu.pow(2) - 1.0 - logsigma).sum(dim=1)
 
 
-def dbvae_loss(model: DBVAE, x: torch.Tensor, y: torch.Tensor, kl_weight: float = 5e-4):
+def dbvae_loss(model: DBVAE, x: torch.Tensor, y: torch.Tensor, kl_weight: float = 5e-4,
+               gen: torch.Generator | None = None):
     """Paper Eq. 5 (the lab's vae_loss_function): the batch mean of BCE(y, logit) + 1[y = face] * (kl_weight * KL +
     mean-L1 reconstruction). x (B, 3, H, W), y (B,) in {0, 1} -> (loss, logit (B,)). The decoder runs on the faces
-    only (half the cost, same loss); eps is drawn for the whole batch: the same draws as decoding every example."""
+    only (half the cost, same loss); eps is drawn for the whole batch: the same draws as decoding every example.
+    gen (a CPU generator) draws eps apart from the global RNG, so that runs side by side stay reproducible."""
     logit, mu, logsigma = model.encode(x)                                # (B,), (B, L), (B, L)
     face = y == 1                                                        # (B,) indicator
-    eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype)[face]  # (Bf, L)
+    eps = torch.randn(mu.shape, generator=gen, dtype=mu.dtype).to(mu.device)[face]  # (Bf, L)
     z = mu[face] + torch.exp(0.5 * logsigma[face]) * eps                 # (Bf, L)
     recon = model.decoder(z)                                             # (Bf, 3, H, W)
     cls = F.binary_cross_entropy_with_logits(logit, y, reduction="none")  # (B,)
@@ -152,17 +154,17 @@ class Augment:
 AUGMENT = Augment()  # for training and for the lab's jittered test copy
 
 
-def batch_generators(seed: int) -> tuple[torch.Generator, torch.Generator, torch.Generator]:
-    """(faces, non-faces, augmentation) generators of one seed: every model of a seed then sees the same
+def batch_generators(seed: int) -> tuple[torch.Generator, ...]:
+    """(faces, non-faces, augmentation, VAE noise) generators of one seed: every model of a seed then sees the same
     non-faces in the same order with the same augmentation, whatever its face draws consume."""
     base = torch.Generator().manual_seed(seed)
-    return tuple(torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=base))) for _ in range(3))
+    return tuple(torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=base))) for _ in range(4))
 
 
 def epoch_batches(faces, negs, batch_size: int, gens, p_faces=None, augment=None, device="cpu"):
     """One epoch of (x (B, 3, H, W) float in [0, 1], y (B,) 1 = face) from uint8 images, as the lab's get_batch: half
     faces, half non-faces, len(faces) // half batches; faces in shuffled passes or drawn from p_faces (Nf,)."""
-    face_gen, neg_gen, aug_gen = gens
+    face_gen, neg_gen, aug_gen = gens[:3]
     half, steps = batch_size // 2, max(1, len(faces) // (batch_size // 2))
 
     def passes(n: int, gen: torch.Generator) -> torch.Tensor:  # shuffled passes over n items, >= steps * half

@@ -1,6 +1,5 @@
-"""The training loop shared by the MNIST scripts and lab_cam: `fit` trains on in-memory TensorData with AdamW and a
-`Recipe`, checkpoints every epoch, and returns one history row per epoch (losses, accuracies, lr, training seconds);
-`fit_parallel` runs several such trainings side by side, `flattening` tells whether a test curve has levelled off."""
+"""The training loop of the MNIST scripts and lab_cam: `fit` trains on in-memory TensorData with AdamW and a `Recipe`,
+checkpoints every epoch and returns one history row per epoch; `fit_parallel` runs several trainings side by side."""
 from __future__ import annotations
 
 import json
@@ -22,6 +21,8 @@ from .utils import RUNS_DIR, UserError, atomic_write, machine, native_bf16, seed
 
 EVAL_BATCH = 2000  # images per evaluation batch: one MNIST test pass is 5 batches; memory stays < 1 GB
 FLAT_GAIN = 0.01   # a test curve is flat when its last epoch improves the test L1 by less than 1 %
+BENCH_JSON = Path(__file__).resolve().parent.parent / "report" / "results" / "bench.json"
+cross_entropy = nn.functional.cross_entropy
 
 
 @dataclass(frozen=True)
@@ -46,17 +47,9 @@ def mean_l1(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (recon - target).abs().mean()
 
 
-cross_entropy = nn.functional.cross_entropy
-
-
-BENCH_JSON = Path(__file__).resolve().parent.parent / "report" / "results" / "bench.json"
-
-
 def resolve_precision(name: str, device: torch.device, model: str | None = None) -> str:
-    """--precision auto: bf16 only where it pays. On a CUDA GPU with bf16 support, yes. On a CPU only if it computes
-    bf16 natively (AVX512-BF16/AMX; emulated bf16 is ~10x slower) AND `python -m common.bench`, run on this CPU model,
-    measured bf16 faster for `model` (a bench key: ae, classifier, dbvae, cam) with its quality inside the fp32 seed
-    spread (bench.json: <model>.pays). Without such a measurement: fp32."""
+    """--precision auto: bf16 on a CUDA GPU that supports it; on a CPU only if it computes bf16 natively (emulated: ~10x
+    slower) and bench.json, measured on this CPU model, says bf16 pays for `model` (ae, classifier, dbvae, cam)."""
     if name != "auto":
         return name
     if device.type == "cuda":
@@ -76,6 +69,15 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def optimizer_step(opt, sched, loss: torch.Tensor) -> None:
+    """One optimiser step on `loss`, then one step of the schedule (None: a constant rate)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if sched is not None:
+        sched.step()
+
+
 def train_epoch(model: nn.Module, data: TensorData, loss_fn: Callable, opt, sched, gen: torch.Generator, *,
                 batch_size: int, augment: Callable | None = None, precision: str = "fp32", bar=None) -> dict:
     """One shuffled pass in index batches (mean_l1: reconstruct the clean input); accuracy counted on the device."""
@@ -90,11 +92,7 @@ def train_epoch(model: nn.Module, data: TensorData, loss_fn: Callable, opt, sche
         with autocast(precision, device):
             out = model(augment(x, gen) if augment is not None else x)        # (B, C, H, W) or (B, classes)
         loss = loss_fn(out.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
+        optimizer_step(opt, sched, loss)
         loss_sum += loss.detach() * len(y)
         if not reconstruct:
             correct += (out.detach().argmax(1) == y).sum()
@@ -275,10 +273,10 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, recipe: Recipe, *
 
 
 def fit_parallel(jobs: list[Callable], device: torch.device, desc: str | None = None) -> list:
-    """The results of the callables `jobs`, in order (with `desc`: a progress bar over the jobs). On a CPU they run
-    side by side, one thread each: these small convolutions gain little from a second thread within a run, two runs
-    on two cores use both fully. Each job's model is built beforehand and shuffles with its own generator, and no
-    job draws from the global RNG: the interleaving changes nothing."""
+    """The results of the callables `jobs`, in order (`desc`: a progress bar). On a CPU, side by side, one thread each:
+    small convolutions gain little from a second thread, two runs use two cores fully. Each job's model is built
+    beforehand (or under a lock) and draws from its own generators (never the global RNG): the interleaving changes
+    nothing."""
     workers = min(len(jobs), len(os.sched_getaffinity(0))) if device.type == "cpu" else 1
     progress = lambda results: list(tqdm(results, total=len(jobs), desc=desc, disable=desc is None))  # noqa: E731
     if workers == 1:
@@ -287,8 +285,7 @@ def fit_parallel(jobs: list[Callable], device: torch.device, desc: str | None = 
     pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))  # OpenMP: per thread
     try:
         return progress(pool.map(lambda job: job(), jobs))
-    except KeyboardInterrupt:  # a worker inside a torch kernel cannot be stopped, and an interpreter that shuts
-        # down around one aborts: end here, at once (checkpoints are written after every epoch)
+    except KeyboardInterrupt:  # a worker inside a torch kernel cannot be stopped, shutting down aborts: exit now
         print("\ninterrupted; resume with --resume (continues after the last finished epoch)", file=sys.stderr)
         os._exit(130)
     finally:

@@ -58,8 +58,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX; emulated: ~10x slower), by torch.cpu's probes."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, p, lambda: False)() for p in probes)
+    return any(getattr(torch.cpu, p, lambda: False)() for p in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 def machine() -> dict:
@@ -147,8 +146,7 @@ def add_model_args(parser: argparse.ArgumentParser, *, hidden: bool = True) -> N
 
 
 def setup(args: argparse.Namespace) -> tuple[Path, Path, Path, torch.device]:
-    """(figures_dir, results_dir, runs_dir, device) of a run, and its CPU threads set. --smoke never writes
-    over the committed report/; an --out-dir that is a file is one clear line."""
+    """(figures_dir, results_dir, runs_dir, device) of a run, its CPU threads set; --smoke never writes to report/."""
     out = args.out_dir or REPO_ROOT / "report"
     if args.smoke and args.out_dir is None:  # a temp folder, removed at exit: smoke runs only check a script runs
         out = Path(tempfile.mkdtemp(prefix="smoke_"))

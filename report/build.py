@@ -179,7 +179,7 @@ README_TABLES = {
         ("lab DB-VAE", "light − dark detection gap closed by the DB-VAE / by the oracle (points); the DB-VAE's share "
          "of the oracle's", "{%s.gap_reduction_dbvae:diff} ({%s.gap_reduction_dbvae.verdict:str}) / "
          "{%s.gap_reduction_oracle:diff} ({%s.gap_reduction_oracle.verdict:str}); "
-         "{lab_dbvae.oracle_share:share}" % (DB, DB, DB, DB)),
+         "{lab_dbvae.oracle_share.dark:share}" % (DB, DB, DB, DB)),
         ("lab DB-VAE, rare feature (dimmed faces)", "dim-face gap closed by the DB-VAE (points)",
          "{%s.dim_gap_reduction_dbvae:diff} ({%s.dim_gap_reduction_dbvae.verdict:str})" % (DB, DB)),
         ("lab CAM (Imagenette)", "validation accuracy", "{lab_cam.val_acc:pct}"),

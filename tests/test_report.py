@@ -146,7 +146,7 @@ def lab_dbvae() -> dict:
                          "sampler": "latent" if a.startswith("dbvae") else "oracle" if a.startswith("oracle") else None,
                          "dark": d, "dim": m, "rare": "dim" if m else "dark"} for a, (d, m) in arms.items()},
             "test_sets": ["jittered", "dim", "mit"], "primary": primary, "endpoints": endpoints,
-            "oracle_share": {"pct": 14.4, "ci95": [-20.0, 51.0]},
+            "oracle_share": {"dark": {"pct": 14.4, "ci95": [-20.0, 51.0]}, "dim": {"pct": 60.2, "ci95": [20.0, 95.0]}},
             "dose": {"fractions": [0.0, 0.01, 0.1, 0.5],
                      "arms": ["standard_dark0", "standard", "standard_dark0.1", "standard_dark0.5"]},
             "metrics": {a: {"jittered": test_set(), "dim": {**test_set(), "dim_gap": summ(30.0, 3.0, 10)},
