@@ -458,12 +458,14 @@ def plot_figures(results: dict, fig_dir: Path) -> None:
           [f"{100 * f:g}" for f in results["dose"]["fractions"]], "light − dark detection\n(points, jittered test)",
           xlabel="dark-skinned training faces (%)", title=f"standard CNN, {n['dark']} seeds")
     if PRIMARY["oracle"] in ends:
-        s = results["oracle_share"]["dark"]
+        s, dark = results["oracle_share"]["dark"], f"{100 * results['recipe']['dark_fraction']:g} % dark"
         ci = ", ".join("-" if v is None else f"{v:.0f}" for v in s["ci95"])
         strip(fig_dir / "lab_dbvae_oracle.pdf", [{"mean": e["mean_diff"], "ci95": e["ci95"], "values": e["diffs"]}
                                                  for e in (ends[PRIMARY["dbvae"]], ends[PRIMARY["oracle"]])],
               ["DB-VAE", "oracle (labels)"], "gap reduction vs the\nstandard CNN (points)",
-              title="" if s["pct"] is None else f"the DB-VAE closes {s['pct']:.0f} % [{ci}]\nof what the oracle closes")
+              # a share of the oracle's reduction only means something where the oracle narrows the gap
+              title=f"the DB-VAE closes {s['pct']:.0f} % [{ci}]\nof what the oracle closes" if s["pct"] is not None
+              and ends[PRIMARY["oracle"]]["verdict"] == "higher" else f"{dark} training faces, {n['dark']} seeds")
     dim_arms = ("standard", "standard_dim", "dbvae_dim", "oracle_dim")
     strip(fig_dir / "lab_dbvae_rare.pdf", [m[a]["dim"]["dim_gap"] for a in dim_arms],
           ["standard,\nno dim", "standard", "DB-VAE", "oracle"], "as taken − dimmed\ndetection (points)",
