@@ -236,14 +236,12 @@ def main(argv=None) -> dict:
     for name in names:
         from_ae, freeze, aug, label = VARIANTS[name]
         v_recipe = dataclasses.replace(recipe, augment=AFFINE if aug else "none")
-        make = partial(make_model, args, ae if from_ae else None, freeze)
-        groups = partial(lowlr_groups, ratio=args.encoder_lr_ratio, lr=args.lr) if name == "finetune_lowlr" else None
         tb = tensorboard_dir(args, f"ex5/{name}", runs_dir)
 
-        def train_one(gen, make=make, groups=groups, tb=tb, v_recipe=v_recipe):
-            model = make().to(device)
-            return model, fit(model, data.train, data.test, v_recipe, gen=gen,
-                              params=groups(model) if groups else None,
+        def train_one(gen):  # called by fit_seeds right after seeding: the seed decides the initialisation
+            model = make_model(args, ae if from_ae else None, freeze).to(device)
+            groups = lowlr_groups(model, args.encoder_lr_ratio, args.lr) if name == "finetune_lowlr" else None
+            return model, fit(model, data.train, data.test, v_recipe, gen=gen, params=groups,
                               tb_dir=tb / f"seed{gen.initial_seed()}" if tb else None)
 
         r = fewshot.fit_seeds(selftrain_fn(args, ae, data, device) if name == "selftrain" else train_one, seeds,

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from common import cam, utils
 from common.data import IMAGENETTE_CLASSES, TensorData, decode_images, imagenette_split, to_float, warp
+from common.models import count_parameters
 from common.plots import plot_curves
 from common.train import EVAL_BATCH, Recipe, fit, predict, resolve_precision, tensorboard_dir
 from common.utils import UserError, fraction, number, positive_int
@@ -195,7 +196,7 @@ def main(argv=None) -> dict:
     gradcam = compare_gradcam(model, val, args.gradcam_images, names, fig_dir / "lab_cam_gradcam.png")
     results = dict(name="lab_cam", recipe=dict(asdict(recipe), precision=precision), val_acc=ev["acc"], history=hist,
                    classes=names, per_class_val_acc=ev["per_class_acc"], confusion_matrix_true_by_pred=ev["confusion"],
-                   params=sum(p.numel() for p in model.parameters()), gradcam_comparison=gradcam, wnids=data["wnids"],
+                   params=count_parameters(model), gradcam_comparison=gradcam, wnids=data["wnids"],
                    train_images=len(train), val_images=len(val), skipped_images={k: len(v) for k, v in skipped.items()},
                    skipped_files={k: [str(p) for p in v] for k, v in skipped.items()},
                    examples=write_figures(ev, val, names, hist, fig_dir), data_load_time_s=data["load_time_s"],

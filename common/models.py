@@ -16,6 +16,8 @@ BatchNorm + ReLU keep training fast and stable; the decoder ends in a sigmoid be
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -49,26 +51,22 @@ def spatial_sizes(in_size: int, n_layers: int) -> list[int]:
 class Encoder(nn.Module):
     """Image (B, C, H, W) -> latent (B, latent_dim)."""
 
-    def __init__(self, latent_dim: int = 12, channels=(32, 64, 128), fc: bool = True,
-                 in_shape=(1, 28, 28)):
+    def __init__(self, latent_dim: int = 12, channels=(32, 64, 128), fc: bool = True, in_shape=(1, 28, 28)):
         super().__init__()
         self.config = dict(latent_dim=latent_dim, channels=list(channels), fc=fc, in_shape=list(in_shape))
-        c_in, size = in_shape[0], in_shape[1]
+        size, last = spatial_sizes(in_shape[1], len(channels) + 1)[-2:]  # 4, 2 of [28, 14, 7, 4, 2]
         layers = []
-        for c in channels:
+        for c_in, c in zip([in_shape[0], *channels], channels):
             layers += [nn.Conv2d(c_in, c, K, S, P), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
-            c_in, size = c, conv_out(size, K, S, P)
+        self.features = nn.Sequential(*layers)
         if fc:
-            head = nn.Sequential(nn.Flatten(), nn.Linear(c_in * size * size, latent_dim))
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(channels[-1] * size * size, latent_dim))
         else:
             # conv-only: one more stride-2 conv whose output *is* the latent code.
-            last = conv_out(size, K, S, P)
             if latent_dim % (last * last):
                 raise ValueError(f"conv-only latent must be a multiple of {last}x{last}={last * last}, "
                                  f"got latent_dim={latent_dim}")
-            head = nn.Sequential(nn.Conv2d(c_in, latent_dim // (last * last), K, S, P), nn.Flatten())
-        self.features = nn.Sequential(*layers)
-        self.head = head
+            self.head = nn.Sequential(nn.Conv2d(channels[-1], latent_dim // (last * last), K, S, P), nn.Flatten())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))  # (B, latent_dim)
@@ -77,24 +75,20 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Latent (B, latent_dim) -> image (B, C, H, W) in [0, 1]; mirror of Encoder."""
 
-    def __init__(self, latent_dim: int = 12, channels=(32, 64, 128), fc: bool = True,
-                 in_shape=(1, 28, 28)):
+    def __init__(self, latent_dim: int = 12, channels=(32, 64, 128), fc: bool = True, in_shape=(1, 28, 28)):
         super().__init__()
         self.config = dict(latent_dim=latent_dim, channels=list(channels), fc=fc, in_shape=list(in_shape))
-        n_layers = len(channels) + (0 if fc else 1)
-        sizes = spatial_sizes(in_shape[1], n_layers)  # [28, 14, 7, 4(, 2)]
-        chans = [in_shape[0], *channels]                # [1, 32, 64, 128]
+        sizes = spatial_sizes(in_shape[1], len(channels) + (0 if fc else 1))  # [28, 14, 7, 4(, 2)]
+        chans = [in_shape[0], *channels]  # [1, 32, 64, 128]
+        c, s = channels[-1], sizes[-1]
         if fc:
-            c, s = channels[-1], sizes[-1]
             self.head = nn.Sequential(nn.Linear(latent_dim, c * s * s), nn.ReLU(inplace=True),
                                       nn.Unflatten(1, (c, s, s)))
         else:
-            s = sizes[-1]
             c_lat = latent_dim // (s * s)
             op = convT_output_padding(s, sizes[-2], K, S, P)
-            self.head = nn.Sequential(nn.Unflatten(1, (c_lat, s, s)),
-                                      nn.ConvTranspose2d(c_lat, channels[-1], K, S, P, op),
-                                      nn.BatchNorm2d(channels[-1]), nn.ReLU(inplace=True))
+            self.head = nn.Sequential(nn.Unflatten(1, (c_lat, s, s)), nn.ConvTranspose2d(c_lat, c, K, S, P, op),
+                                      nn.BatchNorm2d(c), nn.ReLU(inplace=True))
         layers = []
         for i in range(len(channels), 0, -1):  # 128->64 (4->7), 64->32 (7->14), 32->1 (14->28)
             op = convT_output_padding(sizes[i], sizes[i - 1], K, S, P)
@@ -107,17 +101,19 @@ class Decoder(nn.Module):
         return torch.sigmoid(self.features(self.head(z)))  # (B, 1, 28, 28)
 
 
-class MLP(nn.Module):
-    """Two-layer perceptron: Linear -> ReLU -> Dropout -> Linear (logits)."""
+class SequentialNet(nn.Module):
+    """A network that is one nn.Sequential, `self.net` (an attribute, not a subclass: checkpoint keys stay net.*)."""
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class MLP(SequentialNet):
     def __init__(self, in_dim: int = 12, hidden: int = 64, out_dim: int = 10, dropout: float = 0.0):
         super().__init__()
         self.config = dict(in_dim=in_dim, hidden=hidden, out_dim=out_dim, dropout=dropout)
         self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
-                                 nn.Linear(hidden, out_dim))
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)  # (B, out_dim)
+                                 nn.Linear(hidden, out_dim))  # (B, out_dim) logits
 
 
 class EncoderComposite(nn.Module):
@@ -150,17 +146,6 @@ AE_RECIPE = Recipe(epochs=8, lr=3e-3, batch_size=128)
 CLASSIFIER_RECIPE = Recipe(epochs=4, lr=3e-3, batch_size=128, augment=AFFINE)
 
 
-class AutoEncoder(EncoderComposite):
-    def __init__(self, latent_dim: int = 12, channels=(32, 64, 128), fc: bool = True, in_shape=(1, 28, 28)):
-        super().__init__()
-        self.encoder = Encoder(latent_dim, channels, fc, in_shape)
-        self.decoder = Decoder(latent_dim, channels, fc, in_shape)
-        self.config = dict(kind="AutoEncoder", **self.encoder.config)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
-
-
 class Classifier(EncoderComposite):
     """Encoder + MLP head (ex2, ex4, ex5)."""
 
@@ -169,7 +154,7 @@ class Classifier(EncoderComposite):
         super().__init__()
         self.encoder = Encoder(latent_dim, channels, fc, in_shape)
         self.mlp = MLP(latent_dim, hidden, num_classes, dropout)
-        self.config = dict(kind="Classifier", **self.encoder.config, **self.mlp.config)
+        self.config = dict(kind=type(self).__name__, **self.encoder.config, **self.mlp.config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.encoder(x))
@@ -184,23 +169,27 @@ class GAPClassifier(Classifier):
     def __init__(self, latent_dim: int = 12, channels=(32, 64, 128), hidden: int = 64, in_shape=(1, 28, 28)):
         super().__init__(latent_dim, channels, True, hidden, in_shape=in_shape)
         self.encoder.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels[-1], latent_dim))
-        self.config["kind"] = "GAPClassifier"
 
 
 class EncoderDecoder(EncoderComposite):
-    """A (typically frozen) encoder followed by a decoder: ex3's classifier decoding."""
+    """An encoder followed by a decoder: ex3 decodes a frozen classifier encoder with it."""
 
     def __init__(self, encoder: Encoder, decoder: Decoder):
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
-        self.config = dict(kind="EncoderDecoder", **decoder.config)
+        self.config = dict(kind=type(self).__name__, **decoder.config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
 
 
+class AutoEncoder(EncoderDecoder):
+    def __init__(self, latent_dim: int = 12, channels=(32, 64, 128), fc: bool = True, in_shape=(1, 28, 28)):
+        super().__init__(Encoder(latent_dim, channels, fc, in_shape), Decoder(latent_dim, channels, fc, in_shape))
+
+
 # ----------------------------------------------------------------------------- baselines (ex2 table)
-class Lab2CNN(nn.Module):
+class Lab2CNN(SequentialNet):
     """MIT 6.S191 Lab 2 MNIST CNN: conv24@3 -> ReLU -> pool -> conv36@3 -> ReLU -> pool -> FC128 -> FC10."""
 
     def __init__(self, in_shape=(1, 28, 28), num_classes: int = 10):
@@ -213,22 +202,15 @@ class Lab2CNN(nn.Module):
             nn.Conv2d(24, 36, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2),
             nn.Flatten(), nn.Linear(36 * s * s, 128), nn.ReLU(inplace=True), nn.Linear(128, num_classes))
 
-    def forward(self, x):
-        return self.net(x)
 
-
-class LabMLP(nn.Module):
+class LabMLP(SequentialNet):
     """LAB01 fully connected net: 784 -> 64 -> 64 -> 10 with ReLU."""
 
     def __init__(self, in_shape=(1, 28, 28), hidden: int = 64, num_classes: int = 10):
         super().__init__()
         self.config = dict(kind="LabMLP", hidden=hidden)
-        d = in_shape[0] * in_shape[1] * in_shape[2]
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(d, hidden), nn.ReLU(inplace=True),
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), hidden), nn.ReLU(inplace=True),
                                  nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
-
-    def forward(self, x):
-        return self.net(x)
 
 
 class ResidualBlock(nn.Module):
@@ -243,18 +225,14 @@ class ResidualBlock(nn.Module):
         return torch.relu(x + self.f(x))
 
 
-class SkipMLP(nn.Module):
+class SkipMLP(SequentialNet):
     """LAB01 MLP with skip connections: 784 -> 64, n residual blocks of width 64, -> 10."""
 
     def __init__(self, in_shape=(1, 28, 28), hidden: int = 64, blocks: int = 2, num_classes: int = 10):
         super().__init__()
         self.config = dict(kind="SkipMLP", hidden=hidden, blocks=blocks)
-        d = in_shape[0] * in_shape[1] * in_shape[2]
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(d, hidden), nn.ReLU(inplace=True),
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), hidden), nn.ReLU(inplace=True),
                                  *[ResidualBlock(hidden) for _ in range(blocks)], nn.Linear(hidden, num_classes))
-
-    def forward(self, x):
-        return self.net(x)
 
 
 def count_parameters(model: nn.Module) -> int:

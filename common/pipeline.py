@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from .bench import matmul_peak
-from .utils import REPO_ROOT, UserError, add_io_args, pick_device, provenance, run_config, run_main, write_json_atomic
+from .utils import REPO_ROOT, UserError, add_io_args, jsonable, pick_device, provenance, run_main, write_json_atomic
 
 STAGES = dict(bench="-m common.bench", stacking="-m common.bench --stacking",
               ex1="ex1_autoencoder.py", ex2="ex2_classifier.py", ex3="ex3_classifier_decoding.py",
@@ -98,7 +98,7 @@ def main(argv=None) -> dict:
     # --resume keeps the skipped stages' rows: the timings of the run that made their results
     before = (read_json(out / "results" / "pipeline.json") or {}) if skip else {}
     kept = [r for r in before.get("stages", []) if r.get("name") in skip]
-    result = {"name": "pipeline", "config": run_config(args), "provenance": provenance(pick_device(), None),
+    result = {"name": "pipeline", "config": jsonable(vars(args)), "provenance": provenance(pick_device(), None),
               "date": time.strftime("%Y-%m-%d"),  # the peak first, on the idle machine (or the kept stages' run's)
               "matmul_peak": before["matmul_peak"] if kept else {"best_gflops": matmul_peak()},
               "stages": kept, "skipped": skip, "total_s": sum(r["seconds"] for r in kept)}

@@ -33,7 +33,7 @@ def plot_curves(runs: dict[str, list[dict]], path: Path, title: str, *, x: str =
     with plt.rc_context(PRINT_STYLE):
         fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 2.7), squeeze=False)
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        xlabel = {"epoch": "epoch", "train_time_s": "training time (s)"}.get(x, x)
+        xlabel = {"train_time_s": "training time (s)"}.get(x, x)
         for ax, (key, label) in zip(axes[0], metrics):
             for i, (name, hist) in enumerate(runs.items()):
                 c = colors[i % len(colors)]

@@ -17,11 +17,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import AFFINE, TensorData, describe_exception, random_affine
-from .utils import RUNS_DIR, UserError, atomic_write, machine, native_bf16, seed_everything
+from .utils import INTERRUPTED, REPO_ROOT, RUNS_DIR, UserError, atomic_write, machine, native_bf16, seed_everything
 
 EVAL_BATCH = 2000  # images per evaluation batch: one MNIST test pass is 5 batches; memory stays < 1 GB
 FLAT_GAIN = 0.01   # a test curve is flat when its last epoch improves the test L1 by less than 1 %
-BENCH_JSON = Path(__file__).resolve().parent.parent / "report" / "results" / "bench.json"
+BENCH_JSON = REPO_ROOT / "report" / "results" / "bench.json"
 cross_entropy = nn.functional.cross_entropy
 
 
@@ -112,19 +112,19 @@ def predict(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, data: TensorData, loss_fn: Callable, batch_size: int = EVAL_BATCH) -> dict:
+def evaluate(model: nn.Module, data: TensorData, loss_fn: Callable) -> dict:
     """Mean loss over `data` (and accuracy for a classifier), in eval mode."""
     model.eval()
     device = next(model.parameters()).device
     reconstruct = loss_fn is mean_l1
     loss_sum, correct = 0.0, 0
-    for i in range(0, len(data), batch_size):
-        x = data.x[i:i + batch_size].to(device)
-        y = x if reconstruct else data.y[i:i + batch_size].to(device)
+    for i in range(0, len(data), EVAL_BATCH):
+        x = data.x[i:i + EVAL_BATCH].to(device)
+        y = x if reconstruct else data.y[i:i + EVAL_BATCH].to(device)
         out = model(x)
         loss_sum += loss_fn(out, y).item() * len(x)
         correct += 0 if reconstruct else (out.argmax(1) == y).sum().item()
-    return {"loss": loss_sum / len(data)} if reconstruct else {"loss": loss_sum / len(data), "acc": correct / len(data)}
+    return {"loss": loss_sum / len(data), **({} if reconstruct else {"acc": correct / len(data)})}
 
 
 def save_checkpoint(path: Path, model: nn.Module, **extra) -> None:
@@ -206,8 +206,7 @@ def tensorboard_dir(args, script: str, runs_dir: Path | None = None) -> Path | N
     """<runs dir>/tb/<script>/<time stamp> with --tensorboard, else None."""
     if not getattr(args, "tensorboard", False):
         return None
-    root = Path(runs_dir or getattr(args, "runs_dir", None) or RUNS_DIR)
-    return root / "tb" / script / time.strftime("%Y%m%d-%H%M%S")
+    return Path(runs_dir or RUNS_DIR) / "tb" / script / time.strftime("%Y%m%d-%H%M%S")
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe, params, steps_per_epoch: int):
@@ -225,7 +224,7 @@ def fit(model: nn.Module, train: TensorData, test: TensorData, recipe: Recipe, *
     params: AdamW groups with own lr. `ckpt_path`: weights, optimiser, RNG states after every epoch, for `resume`."""
     model.to(memory_format=torch.channels_last)  # NHWC activations: oneDNN's faster CPU conv kernels
     augment = augment or (random_affine if recipe.augment == AFFINE else None)
-    steps = -(-len(train) // recipe.batch_size)
+    steps = math.ceil(len(train) / recipe.batch_size)
     opt, sched = make_optimizer(model, recipe, params, steps)
     history, desc = [], Path(ckpt_path).stem if ckpt_path else "train"
     if resume and ckpt_path is not None and Path(ckpt_path).exists():
@@ -277,7 +276,8 @@ def fit_parallel(jobs: list[Callable], device: torch.device, desc: str | None = 
     small convolutions gain little from a second thread, two runs use two cores fully. Each job's model is built
     beforehand (or under a lock) and draws from its own generators (never the global RNG): the interleaving changes
     nothing."""
-    workers = min(len(jobs), len(os.sched_getaffinity(0))) if device.type == "cpu" else 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # affinity: Linux only
+    workers = min(len(jobs), cores) if device.type == "cpu" else 1
     progress = lambda results: list(tqdm(results, total=len(jobs), desc=desc, disable=desc is None))  # noqa: E731
     if workers == 1:
         return progress(job() for job in jobs)
@@ -286,7 +286,7 @@ def fit_parallel(jobs: list[Callable], device: torch.device, desc: str | None = 
     try:
         return progress(pool.map(lambda job: job(), jobs))
     except KeyboardInterrupt:  # a worker inside a torch kernel cannot be stopped, shutting down aborts: exit now
-        print("\ninterrupted; resume with --resume (continues after the last finished epoch)", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         os._exit(130)
     finally:
         pool.shutdown(cancel_futures=True)  # after an error in one job: no new ones

@@ -21,6 +21,7 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNS_DIR = REPO_ROOT / "runs"  # checkpoints; git-ignored
+INTERRUPTED = "\ninterrupted; resume with --resume (continues after the last finished epoch)"
 
 
 class UserError(RuntimeError):
@@ -34,7 +35,7 @@ def run_main(main) -> None:
     except UserError as e:
         raise SystemExit(f"error: {e}") from None
     except KeyboardInterrupt:  # checkpoints are written after every finished epoch: nothing more to save here
-        print("\ninterrupted; resume with --resume (continues after the last finished epoch)", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         raise SystemExit(130) from None
 
 
@@ -163,15 +164,16 @@ def setup(args: argparse.Namespace) -> tuple[Path, Path, Path, torch.device]:
     return out / "figures", out / "results", runs, pick_device(getattr(args, "device", "auto"))
 
 
-def _jsonable(obj):
+def jsonable(obj):
+    """`obj` in JSON's types (dicts, lists, numbers, strings) for a results JSON or a run's config."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, Path):  # relative to the repository where possible: the same JSON on every checkout
         return str(obj.resolve().relative_to(REPO_ROOT)) if obj.resolve().is_relative_to(REPO_ROOT) else str(obj)
     if isinstance(obj, torch.Tensor):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, float):
@@ -197,16 +199,11 @@ def atomic_write(path: Path, write) -> Path:
 
 def write_json_atomic(path: Path, obj) -> Path:
     """`obj` as indented JSON (tensors as lists, floats to 6 decimals), written atomically."""
-    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(_jsonable(obj), indent=1) + "\n"))
-
-
-def run_config(args: argparse.Namespace) -> dict:
-    """The argparse namespace as a JSON-friendly dict (paths relative to the repo)."""
-    return _jsonable(vars(args))
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(jsonable(obj), indent=1) + "\n"))
 
 
 def write_results(path: Path, results: dict, args, device, t_start: float, precision: str = "fp32") -> Path:
     """The results JSON, with what made it: the run's flags, the provenance and the wall time."""
-    results.update(config=run_config(args), provenance=provenance(device, precision),
+    results.update(config=jsonable(vars(args)), provenance=provenance(device, precision),
                    wall_time_s=time.perf_counter() - t_start)
     return write_json_atomic(path, results)

@@ -14,6 +14,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent          # report/
 sys.path.insert(0, str(HERE.parent))  # the repository root, for common/ when run as python report/build.py
 from common.pipeline import RESULTS, STAGE_OF, STAGES, outdated, stage_files  # noqa: E402
+from common.utils import atomic_write  # noqa: E402
 
 SOURCE, README = HERE / "ex2.typ", HERE.parent / "README.md"
 DEFAULT_EPOCH = 1704067200  # 2024-01-01, the PDF's date: same sources, same bytes; $SOURCE_DATE_EPOCH overrides it
@@ -40,11 +41,10 @@ def unplaced_figures(figures_dir: Path) -> list[str]:
     return sorted({Path(f).stem for f in figure_files(figures_dir)} - placed_figures() - set(UNUSED_FIGURES))
 
 
-def write_if_changed(path: Path, data: bytes) -> bool:  # True if it wrote (atomically: a temp file, then os.replace)
+def write_if_changed(path: Path, data: bytes) -> bool:  # True if it wrote
     if path.exists() and path.read_bytes() == data:
         return False
-    path.with_name(path.name + ".tmp").write_bytes(data)
-    os.replace(path.with_name(path.name + ".tmp"), path)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
     return True
 
 
@@ -89,31 +89,27 @@ def print_copies(figures_dir: Path, into: Path) -> Path:
 
 
 def build(out: Path, results_dir: Path, figures_dir: Path) -> dict:
-    with tempfile.TemporaryDirectory(dir=HERE, prefix=".print-") as tmp:  # inside Typst's root, removed afterwards
-        return compile_report(out, results_dir, figures_dir.resolve(), print_copies(figures_dir.resolve(), Path(tmp)))
-
-
-def compile_report(out: Path, results_dir: Path, figures_dir: Path, print_dir: Path) -> dict:
     import typst  # imported here so --help works without it
 
     out, results = out.resolve(), load_results(results_dir)
-    figures = figure_files(print_dir)
-    root = Path(os.path.commonpath([HERE, print_dir]))  # Typst reads no file outside its root
-    # the results go in as JSON text (cleaned of NaN); "," separates the figure names
-    inputs = {"figures": ",".join(figures), "scripts": json.dumps(EXPERIMENTS),
-              "figures_dir": "/" + print_dir.relative_to(root).as_posix(),
-              "provenance": json.dumps(provenance_table(results)),
-              **{f"json_{name}": json.dumps(obj) for name, obj in results.items()}}
-    kw = dict(root=str(root), sys_inputs=inputs, timestamp=int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_EPOCH)))
-    missing = {name: cmd for name, cmd in EXPERIMENTS.items() if name not in results}
-    for name, cmd in missing.items():
-        print(f"  missing {name}: run `{cmd}` to produce {os.path.relpath(results_dir / (name + '.json'))}")
-    try:
-        pdf, warnings = typst.compile_with_warnings(str(SOURCE), **kw)
-    except typst.TypstError as e:
-        where = "".join(f"\n  {t}" for t in getattr(e, "trace", []))  # "at while calling `name`": where it failed
-        raise SystemExit(f"error: Typst could not build {SOURCE.name}:\n{e}{where}") from e
-    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=HERE, prefix=".print-") as tmp:  # inside Typst's root, removed afterwards
+        print_dir = print_copies(figures_dir, Path(tmp))
+        figures = figure_files(print_dir)
+        root = Path(os.path.commonpath([HERE, print_dir]))  # Typst reads no file outside its root
+        # the results go in as JSON text (cleaned of NaN); "," separates the figure names
+        inputs = {"figures": ",".join(figures), "scripts": json.dumps(EXPERIMENTS),
+                  "figures_dir": "/" + print_dir.relative_to(root).as_posix(),
+                  "provenance": json.dumps(provenance_table(results)),
+                  **{f"json_{name}": json.dumps(obj) for name, obj in results.items()}}
+        kw = dict(root=str(root), sys_inputs=inputs, timestamp=int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_EPOCH)))
+        missing = {name: cmd for name, cmd in EXPERIMENTS.items() if name not in results}
+        for name, cmd in missing.items():
+            print(f"  missing {name}: run `{cmd}` to produce {os.path.relpath(results_dir / (name + '.json'))}")
+        try:
+            pdf, warnings = typst.compile_with_warnings(str(SOURCE), **kw)
+        except typst.TypstError as e:
+            where = "".join(f"\n  {t}" for t in getattr(e, "trace", []))  # "at while calling `name`": where it failed
+            raise SystemExit(f"error: Typst could not build {SOURCE.name}:\n{e}{where}") from e
     changed = write_if_changed(out, pdf)  # same sources -> same bytes -> the file is left alone
     for w in warnings:
         print(f"typst warning: {w}", file=sys.stderr)

@@ -129,12 +129,13 @@ def lab_dbvae() -> dict:
                         "auc": {g: summ(0.99, 0.001, 10) for g in groups}}
     ends = {"dose_gap_low_minus_high": ("jittered/dark_gap", "standard", "standard_dark0.5", "higher"),
             "gap_reduction_dbvae": ("jittered/dark_gap", "standard", "dbvae", "no significant difference"),
-            "gap_reduction_oracle": ("jittered/dark_gap", "standard", "oracle", "higher"),
             "dim_gap_reduction_dbvae": ("dim/dim_gap", "standard_dim", "dbvae_dim", "higher"),
+            "dim_gap_dbvae_minus_oracle": ("dim/dim_gap", "dbvae_dim", "oracle_dim", "higher"),
+            "gap_reduction_oracle": ("jittered/dark_gap", "standard", "oracle", "higher"),
             "dark_gap_standard": ("jittered/dark_gap", "standard", None, "higher"),
             "gap_reduction_dbvae_mit": ("mit/dark_gap", "standard", "dbvae", "no significant difference"),
             "dim_gap_reduction_oracle": ("dim/dim_gap", "standard_dim", "oracle_dim", "higher")}
-    primary = dict(zip(("dose", "dbvae", "oracle", "rare"), ends))
+    primary = dict(zip(("dose", "dbvae", "rare", "oracle"), ends))
     endpoints = {k: {"metric": m, "a": a, "b": b, **paired(3.1, 1.5, 0.004, w, n=10), "std": 2.0, "mde80": 2.7,
                      **({} if k in primary.values() else {"p_holm": 0.012})} for k, (m, a, b, w) in ends.items()}
     per_epoch = [{"epoch": e, "mass": summ(0.025, 0.003, 10), "mass_over_share": 2.5} for e in (1, 2)]
