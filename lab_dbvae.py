@@ -83,12 +83,13 @@ class Recipe:
     precision: str = "auto"  # of the training steps: --precision, resolved in main() to bf16 where it pays or fp32
 
 
-# paired seeds per question, by its arms' rare faces; the dark arms train on the first SEEDS["dark"]. Over 44 pilot
-# seeds the DB-VAE's dim-gap reduction had mean ~19 and sd ~44 points, the dark-face endpoints sd 3-16: 48 seeds give
-# the dim question's paired t-test ~85 % power for 19 points, 10 seeds the dark ones ~80 % for 6-16 points. The
-# oracle's dark-gap reduction (~3 points, sd ~11 over 40 pilot seeds) would need ~90 seeds: hence the oracle question
-# is asked on the dim faces (the oracle closes ~50 points there) and its dark-face reduction is a secondary endpoint
-SEEDS = {"dark": 10, "dim": 48}
+# paired seeds per arm group: an arm trains on the first SEEDS[...] of the run's seeds. Over 144 pilot seeds the
+# DB-VAE's dim-gap reduction had mean ~16 and sd ~45 points: 96 seeds give its paired t-test ~90 % power (48 gave
+# ~65 %, and one of three 48-seed runs missed it). The oracle's dim-face endpoints are ~30-50 points with sd ~30-40:
+# 24 seeds. The dark-face endpoints had sd 3-16: 10 seeds give ~80 % power for 6-16 points. The oracle's dark-gap
+# reduction (~3 points, sd ~11 over 40 pilot seeds) would need ~90: hence the oracle question is asked on the dim
+# faces and its dark-face reduction is a secondary endpoint
+SEEDS = {"dark": 10, "dim": 96, "oracle_dim": 24}
 QUICK_SEEDS, QUICK_EPOCHS, QUICK_FACES = 3, 1, 1000  # --quick: minutes, for iterating on the code
 SMOKE_FACES, SMOKE_MIN_RARE, SMOKE_TEST_PER_GROUP = 64, 4, 8  # --smoke: >= 4 dark (and dim) faces: every path runs
 SMOKE_NEGS, SMOKE_MIT_PER_GROUP = (64, 32), 4  # non-faces (train, test) and MIT faces per group
@@ -107,8 +108,8 @@ GAP, MIT_GAP, DIM_GAP = "jittered/dark_gap", "mit/dark_gap", "dim/dim_gap"  # en
 PRIMARY = {"dose": "dose_gap_low_minus_high", "dbvae": "gap_reduction_dbvae", "rare": "dim_gap_reduction_dbvae",
            "oracle": "dim_gap_dbvae_minus_oracle"}
 # an arm: network (cnn/dbvae), face sampler (None: shuffled passes, latent: Algorithm 1, oracle: true labels), dark
-# and dim shares of its faces, which faces the oracle balances and the sampling mass is measured on
-Arm = namedtuple("Arm", ["net", "sampler", "dark", "dim", "rare"])
+# and dim shares of its faces, which faces the oracle balances and the sampling mass is measured on, paired seeds
+Arm = namedtuple("Arm", ["net", "sampler", "dark", "dim", "rare", "seeds"])
 # one trained arm: rows per epoch, test set -> group_metrics, parameter count, the DB-VAE's latent_diagnostics or None
 Run = namedtuple("Run", ["history", "metrics", "params", "mass"])
 # uint8 (N, 3, 64, 64) light and dark training pools, train non-faces, tests {set: {group: faces}}, test non-faces
@@ -119,14 +120,15 @@ def get_args(argv=None) -> tuple[argparse.Namespace, Recipe]:
     """The command line and its Recipe; --smoke: one epoch, two seeds and a slice of the data; --quick: a small run."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, epochs=Recipe.epochs, batch_size=Recipe.batch_size, lr=Recipe.lr, schedule="constant")
-    p.add_argument("--seeds", type=utils.seed_int, nargs="+", help=f"paired seeds (default: {SEEDS['dim']} from --seed "
-                   f"on); the dark-face arms train on the first {SEEDS['dark']} of them, the dim-face arms on all")
+    p.add_argument("--seeds", type=utils.seed_int, nargs="+", help=f"paired seeds (default: {max(SEEDS.values())} from "
+                   f"--seed on); the dark-face arms train on the first {SEEDS['dark']}, the dim-face oracle on the "
+                   f"first {SEEDS['oracle_dim']}, the other dim-face arms on the first {SEEDS['dim']}")
     p.add_argument("--quick", action="store_true", help=f"{QUICK_SEEDS} seeds, {QUICK_EPOCHS} epoch, {QUICK_FACES} "
                    "training faces, in runs/lab_dbvae_quick/ unless --out-dir: a run for iterating")
     for f in [f for f in fields(Recipe) if f.metadata]:  # the Recipe fields with a flag of their own
         p.add_argument("--" + f.name.replace("_", "-"), default=f.default, **f.metadata)
     args = p.parse_args(argv)
-    args.seeds = args.seeds or list(range(args.seed, args.seed + SEEDS["dim"]))
+    args.seeds = args.seeds or list(range(args.seed, args.seed + max(SEEDS.values())))
     args.dose_fractions = tuple(args.dose_fractions)  # a Recipe is hashable and compares equal to the defaults
     if args.smoke:  # two seeds, the fewest for a paired comparison
         args.epochs, args.seeds = 1, args.seeds[:2]
@@ -149,17 +151,20 @@ def dose_arms(r: Recipe) -> dict[str, float]:
 
 
 def arm_seeds(arm: Arm, seeds: list[int]) -> list[int]:
-    """The paired seeds an arm trains on: the first SEEDS[arm.rare] of the run's seeds."""
-    return list(seeds[:SEEDS[arm.rare]])
+    """The paired seeds an arm trains on: the first arm.seeds of the run's seeds."""
+    return list(seeds[:arm.seeds])
 
 
 def make_arms(r: Recipe) -> dict[str, Arm]:
     """name -> Arm: the standard CNN per dark share, the resampling trio at dark_fraction, the trio with dim faces."""
-    trio = {"standard": Arm("cnn", None, r.dark_fraction, 0.0, "dark"),
-            "dbvae": Arm("dbvae", "latent", r.dark_fraction, 0.0, "dark"),
-            "oracle": Arm("cnn", "oracle", r.dark_fraction, 0.0, "dark")}
-    dose = {a: Arm("cnn", None, f, 0.0, "dark") for a, f in dose_arms(r).items()}
-    return {**dose, **trio, **{f"{k}_dim": a._replace(dim=r.dim_fraction, rare="dim") for k, a in trio.items()}}
+    n = SEEDS["dark"]
+    trio = {"standard": Arm("cnn", None, r.dark_fraction, 0.0, "dark", n),
+            "dbvae": Arm("dbvae", "latent", r.dark_fraction, 0.0, "dark", n),
+            "oracle": Arm("cnn", "oracle", r.dark_fraction, 0.0, "dark", n)}
+    dose = {a: Arm("cnn", None, f, 0.0, "dark", n) for a, f in dose_arms(r).items()}
+    dim = {f"{k}_dim": a._replace(dim=r.dim_fraction, rare="dim", seeds=SEEDS.get(f"{k}_dim", SEEDS["dim"]))
+           for k, a in trio.items()}
+    return {**dose, **trio, **dim}
 
 
 def endpoints(r: Recipe) -> dict[str, tuple]:
@@ -401,18 +406,24 @@ def build_results(recipe: Recipe, arms: dict, data: LabData, runs: dict) -> dict
     ends = {}
     for name, (metric, a, b) in endpoints(recipe).items():  # none from a single seed, none without the test set
         test, key = metric.split("/")
-        if len(runs[a]) > 1 and test in data.tests:  # an endpoint's two arms trained on the same seeds
-            x = [r.metrics[test][key] for r in runs[a].values()]
-            y = [r.metrics[test][key] for r in runs[b].values()] if b else [0.0] * len(x)
+        seeds = [s for s in runs[a] if b is None or s in runs[b]]  # paired: the seeds both arms trained on
+        if len(seeds) > 1 and test in data.tests:
+            x = [runs[a][s].metrics[test][key] for s in seeds]
+            y = [runs[b][s].metrics[test][key] for s in seeds] if b else [0.0] * len(x)
             d = np.subtract(x, y)  # (seeds,): mean, t CI, p and per-seed values from stats.paired, with std and MDE
-            ends[name] = dict(metric=metric, a=a, b=b, **stats.paired(x, y), std=float(d.std(ddof=1)), mde80=mde80(d))
+            ends[name] = dict(metric=metric, a=a, b=b, seeds=seeds, **stats.paired(x, y), std=float(d.std(ddof=1)),
+                              mde80=mde80(d))
     secondary = [n for n in ends if n not in PRIMARY.values()]
     for name, p in zip(secondary, stats.holm([ends[n]["p_value"] for n in secondary])):
         ends[name].update(p_holm=p, verdict=stats.verdict(*ends[name]["ci95"], p=p))
-    # per rare group: the DB-VAE's gap reduction in % of the oracle's
+    # per rare group: the DB-VAE's gap reduction in % of the oracle's, on the oracle's seeds
     pairs = {"dark": ("gap_reduction_dbvae", "gap_reduction_oracle"),
              "dim": ("dim_gap_reduction_dbvae", "dim_gap_reduction_oracle")}
-    share = {g: share_of_oracle(ends[a]["diffs"], ends[b]["diffs"]) for g, (a, b) in pairs.items() if b in ends}
+    share = {}
+    for g, (a, b) in pairs.items():
+        if b in ends:
+            by_seed = dict(zip(ends[a]["seeds"], ends[a]["diffs"]))
+            share[g] = share_of_oracle([by_seed[s] for s in ends[b]["seeds"]], ends[b]["diffs"])
     def latent(a: str, g: str) -> dict:  # a DB-VAE arm's diagnostics of group g over seeds
         d = [r.mass[g] for r in runs[a].values()]
         rules = {r: {"mean": np.mean([v[r] for v in d], axis=0).tolist(), "per_seed": [v[r] for v in d]} for r in RULES}
@@ -421,7 +432,7 @@ def build_results(recipe: Recipe, arms: dict, data: LabData, runs: dict) -> dict
             if arm.sampler == "latent"}
     doses = dose_arms(recipe)
     return {"name": "lab_dbvae", "recipe": asdict(recipe), "groups": list(GROUPS), "reject": REJECT,
-            "seeds": {arm.rare: list(runs[a]) for a, arm in arms.items()},  # the seeds each question's arms ran
+            "seeds": {a: list(runs[a]) for a in arms},  # the paired seeds each arm trained on
             "arms": {a: arm._asdict() for a, arm in arms.items()}, "test_sets": list(data.tests),
             "primary": PRIMARY, "endpoints": ends, "oracle_share": share,
             "dose": {"fractions": list(doses.values()), "arms": list(doses)},
@@ -459,23 +470,20 @@ def plot_figures(results: dict, fig_dir: Path) -> None:
     """lab_dbvae_dose.pdf: the dark gap per dark share; lab_dbvae_oracle.pdf: the gap reductions of the DB-VAE and the
     oracle per seed; lab_dbvae_rare.pdf: the dim-face gap per arm; lab_dbvae_mass.pdf (FULL): the trained DB-VAEs'
     sampling mass on the rare faces against alpha, a line per bin count (mean over seeds)."""
-    m, ends, n = results["metrics"], results["endpoints"], {k: len(v) for k, v in results["seeds"].items()}
+    m, ends, n = results["metrics"], results["endpoints"], {a: len(v) for a, v in results["seeds"].items()}
     strip(fig_dir / "lab_dbvae_dose.pdf", [m[a]["jittered"]["dark_gap"] for a in results["dose"]["arms"]],
           [f"{100 * f:g}" for f in results["dose"]["fractions"]], "light − dark detection\n(points, jittered test)",
-          xlabel="dark-skinned training faces (%)", title=f"standard CNN, {n['dark']} seeds")
+          xlabel="dark-skinned training faces (%)", title=f"standard CNN, {n['standard']} seeds")
     if "gap_reduction_oracle" in ends:
-        s, dark = results["oracle_share"]["dark"], f"{100 * results['recipe']['dark_fraction']:g} % dark"
-        ci = ", ".join("-" if v is None else f"{v:.0f}" for v in s["ci95"])
         strip(fig_dir / "lab_dbvae_oracle.pdf", [{"mean": e["mean_diff"], "ci95": e["ci95"], "values": e["diffs"]}
                                                  for e in (ends["gap_reduction_dbvae"], ends["gap_reduction_oracle"])],
               ["DB-VAE", "oracle (labels)"], "gap reduction vs the\nstandard CNN (points)",
-              # a share of the oracle's reduction only means something where the oracle narrows the gap
-              title=f"the DB-VAE closes {s['pct']:.0f} % [{ci}]\nof what the oracle closes" if s["pct"] is not None
-              and ends["gap_reduction_oracle"]["verdict"] == "higher" else f"{dark} training faces, {n['dark']} seeds")
+              title=f"{100 * results['recipe']['dark_fraction']:g} % dark training faces, {n['standard']} seeds")
     dim_arms = ("standard", "standard_dim", "dbvae_dim", "oracle_dim")
     strip(fig_dir / "lab_dbvae_rare.pdf", [m[a]["dim"]["dim_gap"] for a in dim_arms],
           ["standard,\nno dim", "standard", "DB-VAE", "oracle"], "as taken − dimmed\ndetection (points)",
-          title=f"{100 * results['recipe']['dim_fraction']:g} % dim training faces, {n['dim']} seeds")
+          title=f"{100 * results['recipe']['dim_fraction']:g} % dim training faces, {n['standard_dim']} seeds "
+          f"(oracle {n['oracle_dim']})")
     grid, rule = results["mass_grid"], results["recipe"]["combine"]
     panels = [(a, g) for a in grid if a not in ("alphas", "bins") for g in grid[a] if g == results["arms"][a]["rare"]]
     fig, axes = plt.subplots(1, len(panels), figsize=(FULL, 2.2), sharey=True, squeeze=False)

@@ -456,8 +456,10 @@ def test_cli_refuses_bad_numbers():
     assert a.seeds == list(range(SEEDS["dim"])) and a.train_faces == 2000 and a.dark_fraction == 0.01
     arms = make_arms(recipe)  # the dark-face arms on the first SEEDS["dark"] seeds, the dim-face arms on all
     assert arm_seeds(arms["oracle"], a.seeds) == list(range(SEEDS["dark"])) and SEEDS["dark"] >= 8
-    assert arm_seeds(arms["oracle_dim"], a.seeds) == a.seeds and SEEDS["dim"] > SEEDS["dark"]
+    assert arm_seeds(arms["dbvae_dim"], a.seeds) == arm_seeds(arms["standard_dim"], a.seeds) == a.seeds
+    assert arm_seeds(arms["oracle_dim"], a.seeds) == list(range(SEEDS["oracle_dim"])) and SEEDS["dim"] > SEEDS["dark"]
     assert arm_seeds(arms["dbvae_dim"], [7, 9]) == arm_seeds(arms["standard"], [7, 9]) == [7, 9]
+    assert max(SEEDS.values()) == SEEDS["dim"]  # the default seeds are the dim arms' ones
     assert recipe == Recipe()  # the command line's defaults are the recipe at the top of the script
     assert get_args(["--seed", "3"])[0].seeds == list(range(3, 3 + SEEDS["dim"]))  # --seed: the first paired seed
     assert get_args(["--seed", "3", "--seeds", "5"])[0].seeds == [5]  # --seeds wins
