@@ -168,10 +168,12 @@ def make_arms(r: Recipe) -> dict[str, Arm]:
 
 
 def endpoints(r: Recipe) -> dict[str, tuple]:
-    """name -> (metric, arm a, arm b): the per-seed difference a - b in points (b None: a itself)."""
+    """name -> (metric, arm a, arm b): the per-seed difference a - b in points (b None: a itself). The other dose arms
+    are shown with their CIs, not tested: at SEEDS["dark"] seeds their differences from the balanced arm (1-8 points)
+    were near their MDEs (5-9), and a rerun with new seeds changed one of their two Holm verdicts."""
     doses = dose_arms(r)
     high = max(doses, key=doses.get)
-    ends = {"dose_gap_low_minus_high": (GAP, "standard", high), "gap_reduction_dbvae": (GAP, "standard", "dbvae"),
+    return {"dose_gap_low_minus_high": (GAP, "standard", high), "gap_reduction_dbvae": (GAP, "standard", "dbvae"),
             "dim_gap_reduction_dbvae": (DIM_GAP, "standard_dim", "dbvae_dim"),
             "dim_gap_dbvae_minus_oracle": (DIM_GAP, "dbvae_dim", "oracle_dim"),
             "gap_reduction_oracle": (GAP, "standard", "oracle"),
@@ -180,8 +182,6 @@ def endpoints(r: Recipe) -> dict[str, tuple]:
             "gap_reduction_oracle_mit": (MIT_GAP, "standard", "oracle"),
             "dim_gap_standard": (DIM_GAP, "standard_dim", None),
             "dim_gap_reduction_oracle": (DIM_GAP, "standard_dim", "oracle_dim")}
-    return {**ends, **{f"dose_gap_{f:g}_minus_high": (GAP, a, high) for a, f in doses.items()
-                       if a not in ("standard", high)}}
 
 
 def underexpose(x: torch.Tensor) -> torch.Tensor:
