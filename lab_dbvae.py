@@ -84,8 +84,8 @@ class Recipe:
 
 
 # paired seeds per arm group: an arm trains on the first SEEDS[...] of the run's seeds. Over 144 pilot seeds the
-# DB-VAE's dim-gap reduction had mean ~16 and sd ~45 points: 96 seeds give its paired t-test ~90 % power (48 gave
-# ~65 %, and one of three 48-seed runs missed it). The oracle's dim-face endpoints are ~30-50 points with sd ~30-40:
+# DB-VAE's dim-gap reduction had mean ~16 and sd ~45 points: 96 seeds give its paired t-test ~90 % power (48 seeds
+# ~65 %). The oracle's dim-face endpoints are ~30-50 points with sd ~30-40:
 # 24 seeds. The dark-face endpoints had sd 3-16: 10 seeds give ~80 % power for 6-16 points. The oracle's dark-gap
 # reduction (~3 points, sd ~11 over 40 pilot seeds) would need ~90: hence the oracle question is asked on the dim
 # faces and its dark-face reduction is a secondary endpoint
@@ -169,8 +169,8 @@ def make_arms(r: Recipe) -> dict[str, Arm]:
 
 def endpoints(r: Recipe) -> dict[str, tuple]:
     """name -> (metric, arm a, arm b): the per-seed difference a - b in points (b None: a itself). The other dose arms
-    are shown with their CIs, not tested: at SEEDS["dark"] seeds their differences from the balanced arm (1-8 points)
-    were near their MDEs (5-9), and a rerun with new seeds changed one of their two Holm verdicts."""
+    are shown with their CIs, not tested: at SEEDS["dark"] seeds their differences from the balanced arm (1-8 points
+    in pilot runs) are near their MDEs (5-9), too small a margin for a verdict that holds on new seeds."""
     doses = dose_arms(r)
     high = max(doses, key=doses.get)
     return {"dose_gap_low_minus_high": (GAP, "standard", high), "gap_reduction_dbvae": (GAP, "standard", "dbvae"),
