@@ -83,12 +83,12 @@ class Recipe:
     precision: str = "auto"  # of the training steps: --precision, resolved in main() to bf16 where it pays or fp32
 
 
-# paired seeds per arm group: an arm trains on the first SEEDS[...] of the run's seeds. Over 144 pilot seeds the
-# DB-VAE's dim-gap reduction had mean ~16 and sd ~45 points: 96 seeds give its paired t-test ~90 % power (48 seeds
-# ~65 %). The oracle's dim-face endpoints are ~30-50 points with sd ~30-40:
-# 24 seeds. The dark-face endpoints had sd 3-16: 10 seeds give ~80 % power for 6-16 points. The oracle's dark-gap
-# reduction (~3 points, sd ~11 over 40 pilot seeds) would need ~90: hence the oracle question is asked on the dim
-# faces and its dark-face reduction is a secondary endpoint
+# paired seeds per arm group: an arm trains on the first SEEDS[...] of the run's seeds. Over 192 seeds (0-95 and
+# 300-395) the DB-VAE's dim-gap reduction had mean ~14 and sd ~50 points: 96 seeds give its paired t-test ~80 % power
+# (48 seeds ~50 %). The oracle's dim-face endpoints are ~30-50 points with sd ~30-40: 24 seeds. The dark-face endpoints
+# had sd 3-16: 10 seeds give ~80 % power for 6-16 points. The oracle's dark-gap reduction (~3 points, sd ~11 over 40
+# pilot seeds) would need ~90: hence the oracle question is asked on the dim faces and its dark-face reduction is a
+# secondary endpoint
 SEEDS = {"dark": 10, "dim": 96, "oracle_dim": 24}
 QUICK_SEEDS, QUICK_EPOCHS, QUICK_FACES = 3, 1, 1000  # --quick: minutes, for iterating on the code
 SMOKE_FACES, SMOKE_MIN_RARE, SMOKE_TEST_PER_GROUP = 64, 4, 8  # --smoke: >= 4 dark (and dim) faces: every path runs
